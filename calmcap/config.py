@@ -1,0 +1,314 @@
+"""Typed configuration: a strict dict -> dataclass builder and the model architecture config.
+
+Two kinds of config are never mixed (STYLE.md): the model's architecture (this module's
+``ModelConfig``, JSON, saved in every checkpoint) and a run's settings (a recipe's YAML).
+Both are dataclasses built by :func:`from_dict`, which rejects unknown keys and wrong types
+with the dotted name of the offending key.
+
+Architectures are data: ``calmcap/model_configs/*.json`` fill the registry read by
+:func:`get_model_config`; small open_clip towers used by the tiny models are registered with
+open_clip from ``calmcap/clip_configs/*.json`` (see ``calmcap.models.encoders``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+from calmcap.errors import ConfigError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+MODEL_CONFIG_DIR = PACKAGE_DIR / "model_configs"
+CLIP_CONFIG_DIR = PACKAGE_DIR / "clip_configs"
+ANCHOR_DIR = PACKAGE_DIR / "anchors"
+
+# Bumped when the meaning of a saved config changes; checkpoints record it.
+CONFIG_FORMAT_VERSION = 1
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- strict builder
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; build nested dataclasses."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Union or origin is types.UnionType:
+        options = typing.get_args(tp)
+        if value is None:
+            if type(None) in options:
+                return None
+            raise ConfigError(f"{key}: must not be null")
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {_type_name(tp)}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        return from_dict(tp, value, prefix=key)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        (item_type, *_) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {type(value).__name__} {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    raise TypeError(f"config field {key} has an unsupported annotation {tp!r}")
+
+
+def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types are ConfigErrors."""
+    where = prefix or cls.__name__
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        name = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"unknown config key {name!r} (known keys here: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name in data:
+            kwargs[name] = _coerce(data[name], hints[name], key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"missing config key {key!r}")
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate()
+    return obj
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A dataclass as plain JSON-able data."""
+    return dataclasses.asdict(obj)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse a command-line override ``a.b.c=value``; the value is read as YAML (numbers, bools, lists)."""
+    import yaml
+
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    path = [part for part in key.strip().split(".") if part]
+    if not path:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides to a nested mapping (the dataclass check comes after)."""
+    data = json.loads(json.dumps(data))  # deep copy of plain data
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+# --------------------------------------------------------------------------- model config
+
+AlignmentVariant = Literal["vae", "kl", "ce", "mse", "none"]
+
+
+@dataclass
+class ClipConfig:
+    """The CLIP towers: an open_clip architecture name and where its weights come from."""
+
+    arch: str = "ViT-B-32"
+    # An open_clip pretrained tag (e.g. "openai", downloaded and cached by open_clip when
+    # online), a local weights file, or null for random initialisation.
+    pretrained: str | None = None
+
+
+@dataclass
+class FusionConfig:
+    """Temporal fusion of frame features into one video vector."""
+
+    type: Literal["mean", "transformer"] = "mean"
+    num_layers: int = 1
+    num_heads: int = 8
+
+    def validate(self) -> None:
+        if self.num_layers < 1 or self.num_heads < 1:
+            raise ConfigError("fusion.num_layers and fusion.num_heads must be positive")
+
+
+@dataclass
+class AnchorConfig:
+    """Class anchors (DESIGN.md section 1, steps 2-3)."""
+
+    # A label file shipped in calmcap/anchors (by stem, e.g. "charades_157", "coco_80",
+    # "synth_concepts") or a path to a text file with one label per line.
+    label_set: str = "charades_157"
+    # null: every label of the file; 0 disables the anchor branch (the baseline); N: the first N.
+    num_anchors: int | None = None
+    prompt_template: str = "The content of {label}"
+    # Scale of the cosine similarities before the softmax (the paper's tau; ~1/0.07).
+    tau: float = 1.0 / 0.07
+    learn_tau: bool = False
+    pos_embed_std: float = 0.02
+
+    def validate(self) -> None:
+        if self.num_anchors is not None and self.num_anchors < 0:
+            raise ConfigError("anchors.num_anchors must be null (all labels), 0 (disabled) or positive")
+        if "{label}" not in self.prompt_template:
+            raise ConfigError("anchors.prompt_template must contain '{label}'")
+        if self.tau <= 0:
+            raise ConfigError("anchors.tau must be positive")
+
+
+@dataclass
+class AlignmentConfig:
+    """How the video's anchor distribution is aligned to the text's (DESIGN.md section 1, 4-6)."""
+
+    # vae: the cross-modal VAE (CALM); kl/ce/mse: direct alignment of V_p to S_p (paper
+    # Table 7); none: no anchor branch.
+    variant: AlignmentVariant = "vae"
+    hidden_dim: int = 384
+    latent_dim: int = 256
+    # DESIGN.md section 1.5: whether gradients flow into the text distribution S_p.
+    detach_text_dist: bool = False
+
+    def validate(self) -> None:
+        if self.hidden_dim < 1 or self.latent_dim < 1:
+            raise ConfigError("alignment.hidden_dim and alignment.latent_dim must be positive")
+
+
+@dataclass
+class DecoderConfig:
+    """The caption decoder: a GPT-2-style transformer with cross-attention."""
+
+    width: int = 512
+    num_layers: int = 4
+    num_heads: int = 8
+    # Set from the SentencePiece tokenizer trained on the training captions.
+    vocab_size: int = 8000
+    max_positions: int = 64
+    # Tokens projected from the anchor-aligned latent and added to the decoder's memory.
+    num_latent_tokens: int = 4
+    dropout: float = 0.1
+
+    def validate(self) -> None:
+        if self.width % self.num_heads:
+            raise ConfigError(f"decoder.width ({self.width}) must be divisible by decoder.num_heads ({self.num_heads})")
+        if self.vocab_size < 8:
+            raise ConfigError("decoder.vocab_size must be at least 8")
+
+
+@dataclass
+class RetrievalConfig:
+    """Retrieval head: cosine similarity with a learnable temperature."""
+
+    init_logit_scale: float = 1.0 / 0.07
+    max_logit_scale: float = 100.0
+
+
+@dataclass
+class ModelConfig:
+    """The architecture of a calmcap model; saved as ``config.json`` in every checkpoint."""
+
+    name: str
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    num_frames: int = 12
+    image_size: int = 224
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+
+    def validate(self) -> None:
+        if self.num_frames < 1:
+            raise ConfigError("num_frames must be positive")
+        if self.image_size < 8:
+            raise ConfigError("image_size must be at least 8")
+
+    @property
+    def use_anchors(self) -> bool:
+        """Whether the anchor branch exists (K > 0 and an alignment other than 'none')."""
+        return self.alignment.variant != "none" and self.anchors.num_anchors != 0
+
+    def to_json(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def list_models() -> list[str]:
+    """Names of the architectures shipped in ``calmcap/model_configs``."""
+    return sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.json"))
+
+
+def get_model_config(name_or_path: str | Path, overrides: list[str] | None = None) -> ModelConfig:
+    """A registered architecture by name, or a JSON file by path, with optional overrides."""
+    path = Path(name_or_path)
+    if not path.suffix == ".json":
+        path = MODEL_CONFIG_DIR / f"{name_or_path}.json"
+        if not path.is_file():
+            raise ConfigError(f"unknown model {name_or_path!r}; known: {', '.join(list_models())}")
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: model config not found") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: malformed JSON ({error.msg}, line {error.lineno})") from None
+    if overrides:
+        data = apply_overrides(data, overrides)
+    try:
+        return from_dict(ModelConfig, data)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None

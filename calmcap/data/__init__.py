@@ -1,0 +1,1 @@
+"""Video data: manifests, decoding, transforms, datasets, converters and the embedded benchmark."""

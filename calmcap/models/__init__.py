@@ -1,0 +1,1 @@
+"""calmcap's model components, one file each; :class:`CALMModel` composes them."""

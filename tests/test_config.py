@@ -1,0 +1,76 @@
+import json
+
+import pytest
+
+from calmcap.config import ModelConfig, apply_overrides, from_dict, get_model_config, list_models, to_dict
+from calmcap.errors import ConfigError
+from calmcap.labels import load_labels, parse_labels
+
+
+def test_registry_lists_shipped_models():
+    assert {"calmcap-tiny", "calmcap-vitb32", "calmcap-vitb16"} <= set(list_models())
+    config = get_model_config("calmcap-vitb32")
+    assert config.clip.arch == "ViT-B-32" and config.num_frames == 12 and config.image_size == 224
+    assert config.alignment.variant == "vae" and config.alignment.latent_dim == 256
+
+
+def test_round_trip_through_dict():
+    config = get_model_config("calmcap-tiny")
+    assert from_dict(ModelConfig, json.loads(json.dumps(to_dict(config)))) == config
+
+
+def test_unknown_key_is_named():
+    data = to_dict(get_model_config("calmcap-tiny"))
+    data["decoder"]["widht"] = 3
+    with pytest.raises(ConfigError, match=r"decoder\.widht"):
+        from_dict(ModelConfig, data)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("num_frames", "8", r"num_frames: expected an integer"),
+        ("fusion.type", "max", r"fusion.type: 'max' is not one of"),
+        ("alignment.detach_text_dist", 1, r"alignment.detach_text_dist: expected true/false"),
+        ("anchors.tau", -1.0, r"tau must be positive"),
+        ("decoder.num_heads", 3, r"divisible"),
+    ],
+)
+def test_wrong_types_and_values_are_named(key, value, message):
+    data = apply_overrides(to_dict(get_model_config("calmcap-tiny")), [f"{key}={json.dumps(value)}"])
+    with pytest.raises(ConfigError, match=message):
+        from_dict(ModelConfig, data)
+
+
+def test_overrides_parse_yaml_values():
+    config = get_model_config("calmcap-tiny", ["alignment.variant=kl", "anchors.num_anchors=50", "anchors.learn_tau=true"])
+    assert config.alignment.variant == "kl" and config.anchors.num_anchors == 50 and config.anchors.learn_tau is True
+    assert get_model_config("calmcap-tiny", ["anchors.num_anchors=0"]).use_anchors is False
+    assert get_model_config("calmcap-tiny", ["alignment.variant=none"]).use_anchors is False
+
+
+def test_unknown_model_lists_known_ones():
+    with pytest.raises(ConfigError, match="calmcap-tiny"):
+        get_model_config("calmcap-huge")
+
+
+def test_label_files():
+    assert len(load_labels("charades_157")) == 157
+    assert len(load_labels("coco_80")) == 80
+    assert load_labels("coco_80", 3) == ["person", "bicycle", "car"]
+    assert load_labels("charades_157", 0) == []
+    with pytest.raises(ConfigError, match="only 80"):
+        load_labels("coco_80", 81)
+
+
+def test_label_file_errors_name_the_line(tmp_path):
+    assert parse_labels("a\nb\n\n\n") == ["a", "b"]
+    with pytest.raises(ConfigError, match=r"f.txt:2: blank line"):
+        parse_labels("a\n\nb\n", "f.txt")
+    with pytest.raises(ConfigError, match=r"f.txt:3: duplicate anchor label 'A' \(first on line 1\)"):
+        parse_labels("a\nb\nA\n", "f.txt")
+    path = tmp_path / "mine.txt"
+    path.write_text("jumping\nrunning\n")
+    assert load_labels(str(path)) == ["jumping", "running"]
+    with pytest.raises(ConfigError, match="neither a shipped set"):
+        load_labels(str(tmp_path / "missing.txt"))

@@ -1,0 +1,107 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from calmcap.losses import (
+    LOSS_ALIGN,
+    LOSS_CAPTION,
+    LOSS_KL,
+    LOSS_REC,
+    LOSS_RETRIEVAL,
+    CALMLoss,
+    LossWeights,
+    caption_loss,
+    contrastive_loss,
+    direct_alignment_loss,
+    vae_kl_loss,
+    vae_reconstruction_loss,
+)
+
+
+def test_infonce_hand_computed():
+    # Two orthogonal pairs with a swap-ish similarity: sims = [[1, 0.6], [0, 0.8]] (text x video).
+    video = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    scale = torch.tensor(2.0)
+    # t2v rows: text0 -> [1, .6], text1 -> [0, .8]; v2t rows: video0 -> [1, 0], video1 -> [.6, .8].
+    def ce(row, target):
+        row = [2.0 * r for r in row]
+        return -row[target] + math.log(sum(math.exp(r) for r in row))
+
+    t2v = (ce([1.0, 0.6], 0) + ce([0.0, 0.8], 1)) / 2
+    v2t = (ce([1.0, 0.0], 0) + ce([0.6, 0.8], 1)) / 2
+    expected = (t2v + v2t) / 2
+    assert contrastive_loss(video, text, scale, gather=False).item() == pytest.approx(expected, rel=1e-6)
+    # On one process the gather is the identity.
+    assert contrastive_loss(video, text, scale).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_infonce_is_low_for_matched_pairs():
+    x = F.normalize(torch.randn(8, 16), dim=-1)
+    assert contrastive_loss(x, x, torch.tensor(100.0)) < contrastive_loss(x, x.roll(1, 0), torch.tensor(100.0))
+
+
+def test_kl_matches_closed_form_distribution():
+    mu, logvar = torch.randn(5, 7), torch.randn(5, 7)
+    q = torch.distributions.Normal(mu, (0.5 * logvar).exp())
+    p = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
+    expected = torch.distributions.kl_divergence(q, p).sum(-1).mean()
+    assert vae_kl_loss(mu, logvar).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert vae_kl_loss(torch.zeros(3, 4), torch.zeros(3, 4)).item() == 0.0
+
+
+def test_reconstruction_is_cross_entropy():
+    s = torch.softmax(torch.randn(4, 6), -1)
+    logits = torch.randn(4, 6)
+    expected = -(s * torch.log_softmax(logits, -1)).sum(-1).mean()
+    assert vae_reconstruction_loss(s, logits.log_softmax(-1)).item() == pytest.approx(expected.item())
+    # Minimised (equals the entropy) when the reconstruction is exact.
+    entropy = -(s * s.log()).sum(-1).mean()
+    assert vae_reconstruction_loss(s, s.log()).item() == pytest.approx(entropy.item(), rel=1e-5)
+
+
+def test_direct_alignment_variants():
+    v = torch.softmax(torch.randn(3, 5), -1)
+    s = torch.softmax(torch.randn(3, 5), -1)
+    assert direct_alignment_loss(v, s, "kl").item() == pytest.approx(F.kl_div(v.log(), s, reduction="batchmean").item(), rel=1e-5)
+    assert direct_alignment_loss(v, s, "ce").item() == pytest.approx(-(s * v.log()).sum(-1).mean().item(), rel=1e-5)
+    assert direct_alignment_loss(v, s, "mse").item() == pytest.approx(((v - s) ** 2).sum(-1).mean().item(), rel=1e-5)
+    assert direct_alignment_loss(s, s, "kl").abs().item() < 1e-6
+    with pytest.raises(ValueError):
+        direct_alignment_loss(v, s, "l1")
+
+
+def test_caption_loss_ignores_padding():
+    logits = torch.randn(2, 3, 10)
+    targets = torch.tensor([[1, 2, -100], [4, -100, -100]])
+    expected = F.cross_entropy(torch.stack([logits[0, 0], logits[0, 1], logits[1, 0]]), torch.tensor([1, 2, 4]))
+    assert caption_loss(logits, targets).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def _outputs(vae: bool):
+    torch.manual_seed(0)
+    out = {
+        "video_embeds": F.normalize(torch.randn(4, 8), dim=-1),
+        "text_embeds": F.normalize(torch.randn(4, 8), dim=-1),
+        "logit_scale": torch.tensor(10.0),
+        "caption_logits": torch.randn(4, 5, 11),
+        "caption_targets": torch.randint(0, 11, (4, 5)),
+        "video_dist": torch.softmax(torch.randn(4, 6), -1),
+        "text_dist": torch.softmax(torch.randn(4, 6), -1),
+    }
+    if vae:
+        out.update(text_logprob_hat=torch.randn(4, 6).log_softmax(-1), mu=torch.randn(4, 3), logvar=torch.randn(4, 3))
+    return out
+
+
+def test_total_is_the_weighted_sum():
+    weights = LossWeights(caption=1.5, retrieval=0.5, align=2.0, kl=0.1)
+    terms = CALMLoss(weights, "vae")(_outputs(vae=True))
+    expected = 1.5 * terms[LOSS_CAPTION] + 0.5 * terms[LOSS_RETRIEVAL] + 2.0 * (terms[LOSS_REC] + 0.1 * terms[LOSS_KL])
+    assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    terms = CALMLoss(weights, "mse")(_outputs(vae=False))
+    assert LOSS_REC not in terms and LOSS_ALIGN in terms
+    expected = 1.5 * terms[LOSS_CAPTION] + 0.5 * terms[LOSS_RETRIEVAL] + 2.0 * terms[LOSS_ALIGN]
+    assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
