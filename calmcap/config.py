@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ ANCHOR_DIR = PACKAGE_DIR / "anchors"
 CONFIG_FORMAT_VERSION = 1
 
 T = TypeVar("T")
+_FLOAT_SPELLING = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
 # --------------------------------------------------------------------------- strict builder
@@ -87,6 +89,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
         return value
     if tp is float:
+        # YAML 1.1 reads "1e-5" (no dot) as a string; accept that spelling of a number.
+        if isinstance(value, str) and _FLOAT_SPELLING.match(value.strip()):
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
         return float(value)

@@ -74,3 +74,9 @@ def test_label_file_errors_name_the_line(tmp_path):
     assert load_labels(str(path)) == ["jumping", "running"]
     with pytest.raises(ConfigError, match="neither a shipped set"):
         load_labels(str(tmp_path / "missing.txt"))
+
+
+def test_yaml_float_spelling_without_a_dot():
+    assert get_model_config("calmcap-tiny", ["anchors.tau=1e2"]).anchors.tau == 100.0
+    with pytest.raises(ConfigError, match="expected a number"):
+        get_model_config("calmcap-tiny", ["anchors.tau=fast"])

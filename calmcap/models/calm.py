@@ -181,8 +181,9 @@ class CALMModel(nn.Module):
 
         batch: ``video`` [B, T, 3, H, W] float or ``frame_features`` [B, T, D] (cached, frozen
         image tower); ``video_mask`` [B, T] bool (optional); ``text_tokens`` [B, L] CLIP tokens
-        (optional: retrieval + text distribution); ``caption_ids`` / ``caption_mask`` [B, Lc]
-        (optional: captioning).
+        (optional: retrieval + text distribution); ``caption_ids`` / ``caption_mask`` [B * R, Lc]
+        (optional: captioning; ``caption_repeats`` = R captions per video, grouped by video);
+        ``sample_latent`` (bool, default: training) draws the VAE latent instead of using mu.
 
         Returns ``video_embeds``, ``text_embeds`` [B, D] (normalised), ``logit_scale``;
         ``video_dist``, ``text_dist`` [B, K] and ``text_logprob_hat``, ``mu``, ``logvar`` (VAE)
@@ -201,7 +202,7 @@ class CALMModel(nn.Module):
             "video_embeds": self.fuse(frame_features, frame_mask),
             "logit_scale": self.retrieval.logit_scale,
         }
-        branch = self._latent(frame_features, frame_mask, sample=self.training)
+        branch = self._latent(frame_features, frame_mask, sample=batch.get("sample_latent", self.training))
         out.update({k: v for k, v in branch.items() if k != "latent"})
         if "text_tokens" in batch:
             text_features = self.encode_text_raw(batch["text_tokens"])
@@ -212,6 +213,10 @@ class CALMModel(nn.Module):
         if "caption_ids" in batch:
             ids, mask = batch["caption_ids"], batch["caption_mask"]
             memory, memory_mask = self.decoder.build_memory(frame_features, frame_mask, branch.get("latent"))
+            repeats = int(batch.get("caption_repeats", 1))
+            if repeats > 1:  # several captions per video (self-critical samples), grouped by video
+                memory = memory.repeat_interleave(repeats, dim=0)
+                memory_mask = memory_mask.repeat_interleave(repeats, dim=0)
             logits = self.decoder(memory, memory_mask, ids[:, :-1], mask[:, :-1])
             out["caption_logits"] = logits
             out["caption_targets"] = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)

@@ -1,0 +1,214 @@
+"""Evaluate a model on one split: captions for every video, every caption ranked against every video.
+
+Works on one process or under Accelerate. Distributed evaluation returns exactly the numbers
+of a single process: each process encodes its shard, ``gather_for_metrics`` drops the samples
+that even batching duplicated, and results are put back in dataset order by item index
+before anything is scored (DESIGN.md section 5). Metrics are computed once, on the main
+process, and shared with the others.
+
+Videos that cannot be decoded are dropped together with their captions, counted, and listed
+in the result (``bad_videos``); the evaluation completes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from calmcap.data.dataset import Collator, VideoCaptionDataset
+from calmcap.metrics import RETRIEVAL_PROTOCOL, caption_metrics, retrieval_metrics
+from calmcap.tokenizer import PAD_ID
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DecodeOptions:
+    """Caption decoding settings (see :meth:`CaptionDecoder.generate`)."""
+
+    num_beams: int = 3
+    max_length: int = 20
+    min_length: int = 0
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+
+
+@dataclass
+class EvalResult:
+    """Metrics plus what a report needs to show its work."""
+
+    metrics: dict[str, float]
+    predictions: dict[str, str] = field(default_factory=dict)  # video_id -> caption
+    references: dict[str, list[str]] = field(default_factory=dict)
+    bad_videos: list[str] = field(default_factory=list)
+    t2v_ranks: list[int] = field(default_factory=list)
+    v2t_ranks: list[int] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    protocol: dict[str, Any] = field(default_factory=dict)
+
+
+class _Texts(Dataset):
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, index: int) -> tuple[int, str]:
+        return index, self.texts[index]
+
+
+def _collate_texts(items: list[tuple[int, str]]) -> tuple[torch.Tensor, list[str]]:
+    return torch.tensor([i for i, _ in items]), [t for _, t in items]
+
+
+def _gather(accelerator, tensor: torch.Tensor) -> torch.Tensor:
+    return tensor if accelerator is None else accelerator.gather_for_metrics(tensor)
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    dataset: VideoCaptionDataset,
+    *,
+    accelerator: Any = None,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    captioning: bool = True,
+    retrieval: bool = True,
+    decode: DecodeOptions | None = None,
+    use_java: bool | None = None,
+    meteor: bool = True,
+    progress: bool = False,
+) -> EvalResult:
+    """Caption and/or retrieve over ``dataset`` (mode ``videos``); see the module docstring."""
+    decode = decode or DecodeOptions()
+    core = accelerator.unwrap_model(model) if accelerator is not None else model
+    was_training = core.training
+    core.eval()
+    device = next(core.parameters()).device
+    main = accelerator is None or accelerator.is_main_process
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=Collator())
+    if accelerator is not None:
+        loader = accelerator.prepare_data_loader(loader, device_placement=False)
+    seq_len = decode.max_length
+    indices, valid, video_embeds, sequences, bad = [], [], [], [], []
+    iterator = loader
+    if progress and main:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(loader, desc="evaluate videos", unit="batch", dynamic_ncols=True)
+    for batch in iterator:
+        mask = batch["video_mask"].to(device)
+        if "frame_features" in batch:
+            frames = batch["frame_features"].to(device)
+        else:
+            frames = core.encode_frames(batch["video"].to(device))
+        # A bad video has an all-false mask; give it one frame so nothing divides by zero.
+        first_frame = torch.arange(mask.shape[1], device=device) == 0
+        mask = mask | ((~batch["valid"].to(device))[:, None] & first_frame)
+        embeds = core.fuse(frames, mask)
+        indices.append(_gather(accelerator, batch["item_index"].to(device)))
+        valid.append(_gather(accelerator, batch["valid"].to(device)))
+        video_embeds.append(_gather(accelerator, embeds.float()))
+        if captioning:
+            out = core.generate(frame_features=frames, video_mask=mask, **vars(decode))
+            seqs = torch.full((frames.shape[0], seq_len), PAD_ID, dtype=torch.long, device=device)
+            length = min(seq_len, out["sequences"].shape[1])
+            seqs[:, :length] = out["sequences"][:, :length]
+            sequences.append(_gather(accelerator, seqs))
+        bad.extend(batch["bad_videos"])
+
+    order = torch.cat(indices).cpu().numpy()
+    position = np.argsort(order, kind="stable")
+    if not np.array_equal(order[position], np.arange(len(dataset))):
+        raise RuntimeError(f"evaluation gathered {len(order)} items for a dataset of {len(dataset)}")
+    is_valid = torch.cat(valid).cpu().numpy()[position]
+    all_video_embeds = torch.cat(video_embeds)[torch.from_numpy(position).to(device)]
+
+    texts, owners = dataset.captions()
+    text_embeds = None
+    if retrieval:
+        text_loader = DataLoader(_Texts(texts), batch_size=max(batch_size, 64), shuffle=False, collate_fn=_collate_texts)
+        if accelerator is not None:
+            text_loader = accelerator.prepare_data_loader(text_loader, device_placement=False)
+        t_index, t_embeds = [], []
+        for index, batch_texts in text_loader:
+            t_index.append(_gather(accelerator, index.to(device)))
+            t_embeds.append(_gather(accelerator, core.encode_text(batch_texts).float()))
+        t_order = torch.cat(t_index).cpu().numpy()
+        text_embeds = torch.cat(t_embeds)[torch.from_numpy(np.argsort(t_order, kind="stable")).to(device)]
+
+    all_bad = _gather_objects(accelerator, bad)
+    result = None
+    if main:
+        result = _score(
+            dataset, is_valid, all_video_embeds, text_embeds, owners, texts,
+            torch.cat(sequences)[torch.from_numpy(position).to(device)] if captioning else None,
+            core.tokenizer, all_bad, use_java, meteor,
+        )
+        result.protocol.update({"decode": vars(decode), "num_frames": dataset.num_frames, "split": dataset.split})
+    core.train(was_training)
+    if accelerator is not None:
+        from accelerate.utils import broadcast_object_list
+
+        result = broadcast_object_list([result])[0]
+    return result
+
+
+def _gather_objects(accelerator: Any, items: list) -> list:
+    if accelerator is None or accelerator.num_processes == 1:
+        return list(items)
+    from accelerate.utils import gather_object
+
+    return list(dict.fromkeys(gather_object(items)))
+
+
+def _score(
+    dataset: VideoCaptionDataset,
+    is_valid: np.ndarray,
+    video_embeds: torch.Tensor,
+    text_embeds: torch.Tensor | None,
+    owners: list[int],
+    texts: list[str],
+    sequences: torch.Tensor | None,
+    tokenizer: Any,
+    bad_videos: list[str],
+    use_java: bool | None,
+    meteor: bool,
+) -> EvalResult:
+    keep = np.flatnonzero(is_valid)
+    remap = {int(v): i for i, v in enumerate(keep)}
+    result = EvalResult(metrics={}, bad_videos=sorted(bad_videos))
+    result.counts = {
+        "videos": int(len(keep)),
+        "videos_skipped": int(len(is_valid) - len(keep)),
+        "captions": int(sum(1 for o in owners if o in remap)),
+    }
+    if len(keep) == 0:
+        raise RuntimeError("no video of the split could be decoded; see the bad-video list")
+    if text_embeds is not None:
+        text_keep = [i for i, o in enumerate(owners) if o in remap]
+        similarity = (text_embeds[text_keep] @ video_embeds[torch.from_numpy(keep).to(video_embeds.device)].t()).cpu().numpy()
+        text_to_video = [remap[owners[i]] for i in text_keep]
+        from calmcap.metrics import t2v_ranks, v2t_ranks
+
+        result.metrics.update(retrieval_metrics(similarity, text_to_video))
+        result.t2v_ranks = t2v_ranks(similarity, text_to_video).tolist()
+        result.v2t_ranks = v2t_ranks(similarity, text_to_video).tolist()
+        result.protocol["retrieval"] = dict(RETRIEVAL_PROTOCOL)
+    if sequences is not None:
+        if tokenizer is None:
+            raise ValueError("captioning needs the model's caption tokenizer")
+        for v in keep:
+            entry = dataset.entries[int(v)]
+            result.predictions[entry.video_id] = tokenizer.decode(sequences[int(v)].tolist())
+            result.references[entry.video_id] = list(entry.captions)
+        result.metrics.update(caption_metrics(result.predictions, result.references, use_java=use_java, meteor=meteor))
+    return result

@@ -1,0 +1,262 @@
+"""Pieces the training recipes share; the loop itself stays visible in ``recipes/``.
+
+Nothing here imports accelerate at module level: the functions take an ``accelerator``
+argument where they need one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+COMPLETE_MARKER = "COMPLETE"
+_STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+# --------------------------------------------------------------------------- data order
+
+
+class EpochSampler(Sampler[int]):
+    """A permutation of ``range(n)`` drawn from ``(seed, epoch)``: resumable and process-independent."""
+
+    def __init__(self, num_items: int, seed: int = 0, shuffle: bool = True) -> None:
+        self.num_items = num_items
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_items
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.num_items))
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.num_items, generator=generator).tolist())
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class TrainState:
+    """Counters saved with every resume state (``accelerator.register_for_checkpointing``)."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batches_in_epoch: int = 0  # batches of ``epoch`` already consumed (for skip_first_batches)
+    best_metric: float = -math.inf
+    best_step: int = -1
+    bad_steps_in_a_row: int = 0
+    skipped_steps: int = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+# --------------------------------------------------------------------------- optimisation
+
+
+def parameter_groups(model: torch.nn.Module, lr: float, clip_lr: float, weight_decay: float) -> list[dict[str, Any]]:
+    """Four groups: CLIP towers vs new modules, each with and without weight decay.
+
+    No decay on biases, norms, embeddings, positional tables and temperatures (1-D or
+    explicitly named), as in CLIP and GPT-2 training.
+    """
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_clip = name.startswith("clip.")
+        no_decay = param.ndim < 2 or any(k in name for k in ("pos", "embed", "logit_scale", "log_tau", "wte", "wpe", "token_embedding"))
+        groups.setdefault((is_clip, no_decay), []).append(param)
+    return [
+        {"params": params, "lr": clip_lr if is_clip else lr, "weight_decay": 0.0 if no_decay else weight_decay,
+         "name": f"{'clip' if is_clip else 'new'}{'/no_decay' if no_decay else ''}"}
+        for (is_clip, no_decay), params in sorted(groups.items())
+    ]
+
+
+def lr_lambda(warmup_steps: int, total_steps: int, schedule: str):
+    """Linear warm-up, then cosine decay to zero (or constant)."""
+
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_root(output_dir: str | os.PathLike) -> Path:
+    return Path(output_dir) / CHECKPOINT_DIR
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete resume states, oldest first (an interrupted save has no marker and is ignored)."""
+    root = checkpoint_root(output_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if _STEP_DIR.match(p.name) and (p / COMPLETE_MARKER).is_file()]
+    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+
+
+def resolve_resume(output_dir: str | os.PathLike, resume: str | None) -> Path | None:
+    """``latest`` (or a path) -> a resume state directory; None when there is nothing to resume."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(output_dir)
+        if not found:
+            logger.info("--resume latest: no complete checkpoint in %s, starting fresh", checkpoint_root(output_dir))
+            return None
+        return found[-1]
+    path = Path(resume)
+    if not (path / COMPLETE_MARKER).is_file():
+        from calmcap.errors import CheckpointError
+
+        raise CheckpointError(f"{path}: not a complete resume state (no {COMPLETE_MARKER} marker)")
+    return path
+
+
+def save_resume_state(accelerator: Any, output_dir: str | os.PathLike, step: int, keep: int) -> Path:
+    """``accelerator.save_state`` into a temp directory, then rename and mark it complete.
+
+    A kill at any moment leaves either the previous complete states or the new one: never a
+    directory that looks complete but is not. Old states beyond ``keep`` are removed.
+    """
+    root = checkpoint_root(output_dir)
+    final = root / f"step_{step:08d}"
+    tmp = root / f"step_{step:08d}.tmp"
+    if accelerator.is_main_process:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / COMPLETE_MARKER).write_text(json.dumps({"step": step, "time": time.time()}) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+# --------------------------------------------------------------------------- logging
+
+
+class MetricsLog:
+    """Append-only JSON-lines log of training and evaluation metrics (main process)."""
+
+    def __init__(self, path: str | os.PathLike, enabled: bool = True) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+        self._tensorboard = None
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tensorboard = SummaryWriter(str(self.path.parent / "tensorboard"))
+            except ImportError:  # tensorboard not installed: the JSONL log is enough
+                self._tensorboard = None
+
+    def write(self, step: int, values: dict[str, Any], kind: str = "train") -> None:
+        if not self.enabled:
+            return
+        record = {"kind": kind, "step": step, "time": time.time(), **values}
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self._tensorboard is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)):
+                    self._tensorboard.add_scalar(f"{kind}/{key}", value, step)
+
+    def close(self) -> None:
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+
+
+def read_metrics_log(path: str | os.PathLike) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def truncate_metrics_log(path: str | os.PathLike, step: int) -> None:
+    """Drop records after ``step`` (a resumed run rewrites them)."""
+    records = read_metrics_log(path)
+    kept = [r for r in records if r.get("step", 0) <= step]
+    if len(kept) != len(records):
+        Path(path).write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+
+
+def plot_training_curves(log_path: str | os.PathLike, out_path: str | os.PathLike) -> Path | None:
+    """Loss terms and evaluation metrics against steps, one PNG."""
+    records = read_metrics_log(log_path)
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    if not train:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loss_keys = sorted({k for r in train for k in r if k.startswith("loss")})
+    eval_keys = [k for k in ("caption/CIDEr", "caption/BLEU-4", "t2v/R@1", "t2v/R@5", "v2t/R@1") if any(k in r for r in evals)]
+    fig, axes = plt.subplots(1, 2 if eval_keys else 1, figsize=(12 if eval_keys else 6, 4), squeeze=False)
+    ax = axes[0][0]
+    for key in loss_keys:
+        points = [(r["step"], r[key]) for r in train if key in r]
+        ax.plot(*zip(*points), label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.set_title("training losses")
+    if eval_keys:
+        ax = axes[0][1]
+        for key in eval_keys:
+            points = [(r["step"], r[key]) for r in evals if key in r]
+            ax.plot(*zip(*points), marker="o", label=key)
+        ax.set_xlabel("step")
+        ax.set_ylabel("score (x100 / %)")
+        ax.legend(fontsize=8)
+        ax.set_title("validation")
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return Path(out_path)

@@ -1,0 +1,120 @@
+import itertools
+
+import numpy as np
+import pytest
+
+from calmcap.metrics import (
+    CIDER,
+    METEOR,
+    caption_metrics,
+    retrieval_metrics,
+    simple_tokenize,
+    t2v_ranks,
+    v2t_ranks,
+)
+
+
+def brute_force(similarity, text_to_video):
+    """Independent reference: explicit loops, pessimistic ties, best correct caption for v2t."""
+    num_texts, num_videos = similarity.shape
+    t2v = []
+    for t in range(num_texts):
+        correct = similarity[t, text_to_video[t]]
+        t2v.append(sum(1 for v in range(num_videos) if similarity[t, v] >= correct))
+    v2t = []
+    for v in range(num_videos):
+        ranks = []
+        for t in range(num_texts):
+            if text_to_video[t] != v:
+                continue
+            ranks.append(sum(1 for u in range(num_texts) if similarity[u, v] >= similarity[t, v]))
+        v2t.append(min(ranks))
+    return np.array(t2v), np.array(v2t)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_ranks_match_brute_force_with_ties_and_many_captions(seed):
+    rng = np.random.default_rng(seed)
+    num_videos = 7
+    text_to_video = list(range(num_videos)) + list(rng.integers(0, num_videos, 9))  # 1-3 captions per video
+    # Coarse values make ties frequent.
+    similarity = rng.integers(0, 4, size=(len(text_to_video), num_videos)).astype(float)
+    t2v, v2t = brute_force(similarity, text_to_video)
+    assert np.array_equal(t2v_ranks(similarity, text_to_video), t2v)
+    assert np.array_equal(v2t_ranks(similarity, text_to_video), v2t)
+    metrics = retrieval_metrics(similarity, text_to_video)
+    assert metrics["t2v/R@1"] == pytest.approx(100 * np.mean(t2v <= 1))
+    assert metrics["t2v/R@5"] == pytest.approx(100 * np.mean(t2v <= 5))
+    assert metrics["v2t/MdR"] == pytest.approx(np.median(v2t))
+    assert metrics["v2t/MnR"] == pytest.approx(np.mean(v2t))
+
+
+def test_perfect_and_constant_scorers():
+    sim = np.eye(4)
+    m = retrieval_metrics(sim, [0, 1, 2, 3])
+    assert m["t2v/R@1"] == 100.0 and m["v2t/R@1"] == 100.0 and m["t2v/MdR"] == 1.0
+    m = retrieval_metrics(np.zeros((4, 4)), [0, 1, 2, 3])
+    assert m["t2v/R@1"] == 0.0 and m["t2v/MnR"] == 4.0  # ties never help
+
+
+def test_v2t_uses_the_best_correct_caption():
+    # Video 0 has captions 0 and 1; caption 1 is ranked first for video 0.
+    sim = np.array([[0.1, 0.0], [0.9, 0.0], [0.5, 1.0]])
+    assert list(v2t_ranks(sim, [0, 0, 1])) == [1, 1]
+    assert list(t2v_ranks(sim, [0, 0, 1])) == [1, 1, 1]
+
+
+def test_bad_retrieval_inputs():
+    with pytest.raises(ValueError, match="no caption"):
+        retrieval_metrics(np.zeros((2, 3)), [0, 1])
+    with pytest.raises(ValueError, match="NaN"):
+        retrieval_metrics(np.array([[np.nan]]), [0])
+
+
+PREDICTIONS = {"v1": "A man is playing a guitar.", "v2": "a woman cooks food in a kitchen", "v3": "dogs run"}
+REFERENCES = {
+    "v1": ["a man plays the guitar", "someone is playing guitar", "a man is playing a guitar"],
+    "v2": ["a woman is cooking", "a lady prepares food in the kitchen"],
+    "v3": ["two dogs are running in a field", "dogs play outside"],
+}
+
+
+def test_caption_metrics_equal_pycocoevalcap_called_directly():
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    tok = PTBTokenizer()
+    gts = tok.tokenize({k: [{"caption": c} for c in v] for k, v in REFERENCES.items()})
+    res = tok.tokenize({k: [{"caption": v}] for k, v in PREDICTIONS.items()})
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    expected = {f"caption/BLEU-{i + 1}": 100 * b for i, b in enumerate(bleu)}
+    expected[METEOR] = 100 * Meteor().compute_score(gts, res)[0]
+    expected["caption/ROUGE-L"] = 100 * Rouge().compute_score(gts, res)[0]
+    expected[CIDER] = 100 * Cider().compute_score(gts, res)[0]
+    ours = caption_metrics(PREDICTIONS, REFERENCES)
+    assert ours.keys() == expected.keys()
+    for key, value in expected.items():
+        assert ours[key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_caption_metrics_without_java():
+    ours = caption_metrics(PREDICTIONS, REFERENCES, use_java=False)
+    assert METEOR not in ours and CIDER in ours
+    with_java = caption_metrics(PREDICTIONS, REFERENCES, meteor=False)
+    # The stand-in tokenizer agrees with PTB on plain captions like these.
+    assert ours[CIDER] == pytest.approx(with_java[CIDER], rel=1e-6)
+    assert simple_tokenize("A man's dog, running.") == "a man's dog running"
+
+
+def test_perfect_captions_beat_a_constant_caption():
+    perfect = caption_metrics({k: v[0] for k, v in REFERENCES.items()}, REFERENCES, meteor=False)
+    constant = caption_metrics({k: "a man is playing" for k in REFERENCES}, REFERENCES, meteor=False)
+    assert perfect[CIDER] > constant[CIDER] and perfect["caption/BLEU-4"] > constant["caption/BLEU-4"]
+
+
+def test_caption_metric_inputs_must_match():
+    with pytest.raises(ValueError, match="ids differ"):
+        caption_metrics({"a": "x"}, {"b": ["x"]})
