@@ -1,0 +1,259 @@
+#!/usr/bin/env python
+"""The CALM study: train and evaluate a grid of configurations on the embedded benchmark.
+
+    python eval/ablate.py --grid main --seeds 0 1 2 --out runs/ablate
+
+Each run trains ``recipes/train_caption.py`` with the base config plus the run's overrides,
+then evaluates its model on the in-domain ``test`` and the out-of-domain ``test_ood`` splits.
+Runs go ``--parallel`` at a time (each with its share of the cores), and the runner resumes:
+a run whose ``results.json`` exists is not repeated, and an interrupted run resumes from its
+last checkpoint. The table (``table.md``, ``table.json``) gives, per variant, the mean and
+standard deviation over seeds of each metric on both splits, the difference to the baseline
+and whether it exceeds the seed noise (|difference| > 2 standard errors of the difference),
+and ``ood_gap.png`` plots out-of-domain minus in-domain score per variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "train_caption.py"
+DEFAULT_CONFIG = REPO / "recipes" / "configs" / "synth_tiny.yaml"
+
+BASELINE = "baseline"
+# The paper's grid (Table 7 and the anchor ablations), as model overrides per variant.
+GRIDS: dict[str, dict[str, list[str]]] = {
+    "main": {
+        BASELINE: ["alignment.variant=none"],
+        "calm-vae": ["alignment.variant=vae"],
+        "direct-kl": ["alignment.variant=kl"],
+        "direct-ce": ["alignment.variant=ce"],
+        "direct-mse": ["alignment.variant=mse"],
+    },
+    "anchors": {
+        BASELINE: ["anchors.num_anchors=0"],
+        "K=50": ["anchors.num_anchors=50"],
+        "K=100": ["anchors.num_anchors=100"],
+        "K=157": ["anchors.num_anchors=null"],
+    },
+    "labels": {
+        BASELINE: ["alignment.variant=none"],
+        "charades": ["anchors.label_set=charades_157"],
+        "coco": ["anchors.label_set=coco_80"],
+        "synth-concepts": ["anchors.label_set=synth_concepts"],
+    },
+}
+METRICS = ["caption/CIDEr", "caption/BLEU-4", "t2v/R@1", "t2v/R@5", "v2t/R@1"]
+SPLITS = {"in-domain": "test", "out-of-domain": "test_ood"}
+
+
+def run_name(variant: str, seed: int) -> str:
+    return f"{variant.replace('=', '').replace('/', '-')}_seed{seed}"
+
+
+def train_and_evaluate(args: argparse.Namespace, variant: str, overrides: list[str], seed: int, threads: int) -> dict:
+    """One run: train (resuming if interrupted), evaluate both splits, write results.json."""
+    out = Path(args.out) / run_name(variant, seed)
+    results_path = out / "results.json"
+    if results_path.is_file():
+        return json.loads(results_path.read_text())
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
+    started = time.time()
+    command = [
+        sys.executable, str(RECIPE), "--config", str(args.config), "--resume", "latest",
+        f"output_dir={out}", f"seed={seed}", f"model.overrides={json.dumps(overrides)}",
+        f"data.num_workers={args.num_workers}", "data.synth.workers=1", *args.override,
+    ]
+    if args.steps:
+        command.append(f"optim.max_steps={args.steps}")
+    log = out.parent / f"{out.name}.log"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as handle:
+        subprocess.run(command, env=env, stdout=handle, stderr=subprocess.STDOUT, check=True, cwd=REPO)
+        subprocess.run(
+            [sys.executable, __file__, "--evaluate-run", str(out), "--manifest", str(manifest_of(args)),
+             "--eval-max-videos", str(args.eval_max_videos or 0)],
+            env=env, stdout=handle, stderr=subprocess.STDOUT, check=True, cwd=REPO,
+        )
+    result = json.loads(results_path.read_text())
+    result.update(variant=variant, seed=seed, overrides=overrides, train_seconds=time.time() - started)
+    results_path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def manifest_of(args: argparse.Namespace) -> Path:
+    import yaml
+
+    data = yaml.safe_load(Path(args.config).read_text())
+    manifest = data.get("data", {}).get("manifest", "data/synth/manifest.jsonl")
+    for item in args.override:
+        if item.startswith("data.manifest="):
+            manifest = item.split("=", 1)[1]
+    path = Path(manifest)
+    return path if path.is_absolute() else REPO / path
+
+
+def evaluate_run(run_dir: Path, manifest: Path, max_videos: int) -> None:
+    """Evaluate ``run_dir/model`` on test and test_ood; write ``run_dir/results.json``."""
+    import torch
+
+    from calmcap.data.dataset import VideoCaptionDataset
+    from calmcap.data.manifest import read_manifest
+    from calmcap.evaluation import evaluate
+    from calmcap.models.calm import CALMModel
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    model = CALMModel.from_pretrained(run_dir / "model")
+    results = {}
+    for label, split in SPLITS.items():
+        entries = read_manifest(manifest, split)[: max_videos or None]
+        dataset = VideoCaptionDataset(manifest, split, model.config.num_frames, model.config.image_size,
+                                      mode="videos", entries=entries)
+        result = evaluate(model, dataset, batch_size=32, meteor=False)
+        results[label] = {**result.metrics, "videos": result.counts["videos"]}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (run_dir / "results.json").write_text(json.dumps({"splits": results, "training": summary}, indent=2) + "\n")
+
+
+def aggregate(results: list[dict], variants: list[str]) -> dict:
+    """Mean, std over seeds; difference to the baseline and whether it beats the seed noise."""
+    table: dict = {}
+    for variant in variants:
+        runs = [r for r in results if r["variant"] == variant]
+        table[variant] = {"seeds": sorted(r["seed"] for r in runs)}
+        for label in SPLITS:
+            for metric in METRICS:
+                values = [r["splits"][label][metric] for r in runs if metric in r["splits"][label]]
+                if values:
+                    table[variant][f"{label}/{metric}"] = {
+                        "mean": statistics.fmean(values),
+                        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                        "n": len(values),
+                    }
+    base = table.get(BASELINE, {})
+    for variant, row in table.items():
+        if variant == BASELINE:
+            continue
+        for key, cell in row.items():
+            if key == "seeds" or key not in base:
+                continue
+            b = base[key]
+            diff = cell["mean"] - b["mean"]
+            se = math.sqrt(cell["std"] ** 2 / cell["n"] + b["std"] ** 2 / b["n"]) if cell["n"] > 1 and b["n"] > 1 else float("nan")
+            cell["diff"] = diff
+            cell["significant"] = bool(se == se and abs(diff) > 2 * se)
+    return table
+
+
+def markdown(table: dict) -> str:
+    lines = []
+    for label in SPLITS:
+        lines.append(f"\n### {label} ({SPLITS[label]})\n")
+        lines.append("| variant | seeds | " + " | ".join(METRICS) + " |")
+        lines.append("|---|---|" + "---|" * len(METRICS))
+        for variant, row in table.items():
+            cells = []
+            for metric in METRICS:
+                cell = row.get(f"{label}/{metric}")
+                if cell is None:
+                    cells.append("–")
+                    continue
+                text = f"{cell['mean']:.1f} ± {cell['std']:.1f}"
+                if "diff" in cell:
+                    text += f" ({cell['diff']:+.1f}{'*' if cell['significant'] else ''})"
+                cells.append(text)
+            lines.append(f"| {variant} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
+    lines.append("\nmean ± std over seeds; (difference to the baseline; * = exceeds 2 standard errors of the difference)")
+    return "\n".join(lines) + "\n"
+
+
+def plot_gap(table: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in ("caption/CIDEr", "t2v/R@1") if any(f"in-domain/{m}" in row for row in table.values())]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        names, gaps, errors = [], [], []
+        for variant, row in table.items():
+            a, b = row.get(f"in-domain/{metric}"), row.get(f"out-of-domain/{metric}")
+            if a and b:
+                names.append(variant)
+                gaps.append(b["mean"] - a["mean"])
+                errors.append(math.sqrt(a["std"] ** 2 + b["std"] ** 2))
+        ax.bar(names, gaps, yerr=errors, capsize=4, color="tab:blue")
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_title(f"{metric}: out-of-domain minus in-domain")
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--grid", nargs="+", default=["main"], choices=sorted(GRIDS))
+    parser.add_argument("--variants", nargs="*", help="only these variants of the grid(s)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=None, help="optim.max_steps per run (default: the config's)")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
+    parser.add_argument("--out", default="runs/ablate")
+    parser.add_argument("--parallel", type=int, default=1, help="runs at a time (threads are split between them)")
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers per run")
+    parser.add_argument("--eval-max-videos", type=int, default=None, help="evaluate on the first N videos of each split")
+    parser.add_argument("--override", action="append", default=[], help="extra key=value for every run")
+    parser.add_argument("--evaluate-run", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--manifest", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.evaluate_run:
+        evaluate_run(args.evaluate_run, args.manifest, args.__dict__.get("eval_max_videos") or 0)
+        return 0
+
+    variants: dict[str, list[str]] = {}
+    for grid in args.grid:
+        for name, overrides in GRIDS[grid].items():
+            if args.variants and name not in args.variants:
+                continue
+            variants.setdefault(name, overrides)
+    jobs = [(name, overrides, seed) for seed in args.seeds for name, overrides in variants.items()]
+    threads = max(1, (os.cpu_count() or 1) // max(1, args.parallel))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    print(f"{len(jobs)} runs ({len(variants)} variants x {len(args.seeds)} seeds), {args.parallel} at a time -> {out}", flush=True)
+    results = []
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        futures = {pool.submit(train_and_evaluate, args, name, overrides, seed, threads): (name, seed)
+                   for name, overrides, seed in jobs}
+        for done, future in enumerate(futures, start=1):
+            name, seed = futures[future]
+            result = future.result()
+            result.setdefault("variant", name)
+            result.setdefault("seed", seed)
+            results.append(result)
+            print(f"[{done}/{len(jobs)}] {run_name(name, seed)} done ({time.time() - started:.0f} s elapsed)", flush=True)
+    table = aggregate(results, list(variants))
+    (out / "table.json").write_text(json.dumps({"table": table, "wall_seconds": time.time() - started,
+                                                "grids": args.grid, "seeds": args.seeds, "steps": args.steps}, indent=2) + "\n")
+    text = markdown(table)
+    (out / "table.md").write_text(text)
+    plot_gap(table, out / "ood_gap.png")
+    print(text)
+    print(f"wall time {time.time() - started:.0f} s; table: {out / 'table.md'}; plot: {out / 'ood_gap.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

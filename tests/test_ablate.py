@@ -1,0 +1,39 @@
+"""The ablation runner end to end on a tiny grid: trains, evaluates, tabulates, resumes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_ablation_runner_end_to_end_and_resume(synth_small, tmp_path):
+    out = tmp_path / "ablate"
+    command = [
+        sys.executable, str(REPO / "eval" / "ablate.py"), "--grid", "main", "--variants", "baseline", "calm-vae",
+        "--seeds", "0", "--steps", "3", "--out", str(out), "--parallel", "2",
+        "--override", f"data.manifest={synth_small}", "--override", "data.synth.enabled=false",
+        "--override", "data.frame_cache=null", "--override", "optim.batch_size=8",
+        "--override", "data.tokenizer_vocab_size=200", "--override", "eval.every_steps=0",
+        "--override", "checkpoint.every_steps=0", "--override", "eval.decode.max_length=6",
+    ]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    table = json.loads((out / "table.json").read_text())["table"]
+    assert set(table) == {"baseline", "calm-vae"}
+    for label in ("in-domain", "out-of-domain"):
+        cell = table["calm-vae"][f"{label}/t2v/R@1"]
+        assert 0.0 <= cell["mean"] <= 100.0 and cell["n"] == 1 and "diff" in cell
+        assert f"{label}/caption/CIDEr" in table["baseline"]
+    results = json.loads((out / "calm-vae_seed0" / "results.json").read_text())
+    assert results["splits"]["out-of-domain"]["videos"] == 5
+    assert (out / "table.md").read_text().count("| calm-vae |") == 2
+    assert (out / "ood_gap.png").stat().st_size > 0
+
+    # A second invocation finds every run finished and trains nothing.
+    logs = {p: p.stat().st_size for p in out.glob("*.log")}
+    second = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert {p: p.stat().st_size for p in out.glob("*.log")} == logs
+    assert json.loads((out / "table.json").read_text())["table"] == table
