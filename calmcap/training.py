@@ -173,6 +173,46 @@ def save_resume_state(accelerator: Any, output_dir: str | os.PathLike, step: int
     return final
 
 
+# --------------------------------------------------------------------------- faults
+
+
+class GracefulStop:
+    """Turn SIGTERM/SIGINT into a request to checkpoint and stop at the next step boundary.
+
+    Every process polls :meth:`requested`, which agrees across processes (any one asked), so
+    all of them save the same step. A second signal falls back to the default (immediate) exit.
+    """
+
+    def __init__(self) -> None:
+        import signal
+
+        self._flag = False
+        self._previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        import signal
+
+        self._flag = True
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        logger.warning("signal %d received: saving a resume state at the end of this step", signum)
+
+    def requested(self, accelerator: Any) -> bool:
+        flag = torch.tensor([1.0 if self._flag else 0.0], device=accelerator.device)
+        return accelerator.reduce(flag, reduction="sum").item() > 0
+
+
+def assert_finite(model: torch.nn.Module) -> None:
+    """Refuse to save a poisoned model: every parameter must be finite."""
+    from calmcap.errors import CalmcapError
+
+    for name, param in model.named_parameters():
+        if not torch.isfinite(param).all():
+            raise CalmcapError(f"parameter {name} holds NaN or infinite values; not saving this model")
+
+
 # --------------------------------------------------------------------------- logging
 
 

@@ -46,6 +46,8 @@ from calmcap.tokenizer import CaptionTokenizer
 from calmcap.train_config import TrainConfig, load_train_config
 from calmcap.training import (
     EpochSampler,
+    GracefulStop,
+    assert_finite,
     MetricsLog,
     TrainState,
     lr_lambda,
@@ -211,12 +213,14 @@ def train(args: argparse.Namespace) -> int:
             raise CalmcapError(f"eval.metric {cfg.eval.metric!r} is not among the metrics: {', '.join(sorted(metrics))}")
         if score > state.best_metric:
             state.best_metric, state.best_step = score, state.step
+            assert_finite(core)
             if accelerator.is_main_process:
                 core.save_pretrained(out / "best")
         accelerator.wait_for_everyone()
         logger.info("step %d: %s", state.step, ", ".join(f"{k}={v:.2f}" for k, v in metrics.items() if "/" in k))
         return metrics
 
+    stop = GracefulStop()
     progress = None
     if accelerator.is_main_process:
         from tqdm.auto import tqdm
@@ -257,11 +261,16 @@ def train(args: argparse.Namespace) -> int:
                 loss = terms[LOSS_TOTAL]
                 # A NaN/inf on any process skips the step everywhere (issue #7).
                 finite = accelerator.reduce(torch.isfinite(loss.detach()).float().reshape(1), reduction="sum")
+                if finite.item() == accelerator.num_processes:
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf)
+                        finite = finite * torch.isfinite(torch.as_tensor(grad_norm)).float()
                 if finite.item() < accelerator.num_processes:
                     optimizer.zero_grad(set_to_none=True)
                     state.bad_steps_in_a_row += 1
                     state.skipped_steps += 1
-                    logger.warning("step %d: non-finite loss (%s); step skipped", state.step,
+                    logger.warning("step %d: non-finite loss or gradient (%s); step skipped", state.step,
                                    ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items()))
                     if state.bad_steps_in_a_row >= cfg.train.max_bad_steps:
                         raise CalmcapError(
@@ -269,9 +278,6 @@ def train(args: argparse.Namespace) -> int:
                             f"without saving (lower optim.lr or check the data); last good state: {out / 'checkpoints'}"
                         )
                     continue
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.optim.grad_clip > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -295,7 +301,13 @@ def train(args: argparse.Namespace) -> int:
             if cfg.eval.every_steps and state.step % cfg.eval.every_steps == 0 and state.step < total_steps:
                 run_eval()
                 model.train()
+            if stop.requested(accelerator):
+                assert_finite(core)
+                path = save_resume_state(accelerator, out, state.step, cfg.checkpoint.keep)
+                logger.warning("stopped by a signal at step %d; resume with --resume latest (state: %s)", state.step, path)
+                return 143
             if cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0:
+                assert_finite(core)
                 save_resume_state(accelerator, out, state.step, cfg.checkpoint.keep)
             if state.step >= total_steps:
                 break
@@ -319,6 +331,7 @@ def train(args: argparse.Namespace) -> int:
                 shutil.rmtree(final)
             os.replace(tmp, final)
         else:
+            assert_finite(core)
             core.save_pretrained(final)
         summary = {"steps": state.step, "best_step": state.best_step, "best_metric": state.best_metric,
                    "metric": cfg.eval.metric, "skipped_steps": state.skipped_steps,
