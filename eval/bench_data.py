@@ -70,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-loader", action="store_true", help="skip part (a)")
     parser.add_argument("--skip-train", action="store_true", help="skip part (b)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default="calmcap-tiny",
+                        help="architecture whose frozen image tower is timed, e.g. calmcap-vitb32 (random weights)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     return parser.parse_args(argv)
 
@@ -95,14 +97,15 @@ def ensure_benchmark(data_dir: Path, num_train: int, seed: int) -> tuple[Path, f
     return manifest, time.perf_counter() - start
 
 
-def build_model(tokenizer: Any, seed: int) -> Any:
+def build_model(tokenizer: Any, seed: int, name: str = "calmcap-tiny") -> Any:
     import torch
 
     from calmcap.config import get_model_config
     from calmcap.models.calm import CALMModel
 
     torch.manual_seed(seed)
-    model = CALMModel.create(get_model_config("calmcap-tiny"), tokenizer)
+    # Random weights: timing does not depend on them (and nothing is downloaded).
+    model = CALMModel.create(get_model_config(name, ["clip.pretrained=null"]), tokenizer)
     model.clip.visual.requires_grad_(False)  # the frozen image tower
     return model
 
@@ -186,7 +189,7 @@ def tower_seconds(model: Any, batch_size: int, repeats: int = 3) -> float:
 def markdown(results: dict[str, Any]) -> str:
     lines = []
     setup = results["setup"]
-    lines.append(f"Embedded benchmark train split: {setup['num_train']} videos ({setup['video']}), calmcap-tiny "
+    lines.append(f"Embedded benchmark train split: {setup['num_train']} videos ({setup['video']}), {setup['model']} "
                  f"({setup['num_frames']} frames at {setup['image_size']} px), batch {setup['batch_size']}, "
                  f"{setup['cpus']} CPUs; torch threads: {setup['loader_threads']} in (a), {setup['threads']} in (b).")
     lines.append("")
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"benchmark: {manifest} ({'generated in %.1f s' % synth_seconds if synth_seconds else 'reused'})", file=sys.stderr)
     entries = read_manifest(manifest, "train")
     tokenizer = CaptionTokenizer.train([c for e in entries for c in e.captions], vocab_size=1000)
-    model = build_model(tokenizer, args.seed)
+    model = build_model(tokenizer, args.seed, args.model)
 
     # Fresh caches each run, so their build time is measured.
     cache_dir = Path(tempfile.mkdtemp(prefix="calmcap-bench-cache-"))
@@ -257,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {
         "setup": {
-            "num_train": len(entries), "batch_size": args.batch_size, "threads": args.threads,
+            "num_train": len(entries), "model": args.model, "batch_size": args.batch_size, "threads": args.threads,
             "loader_threads": args.loader_threads,
             "cpus": os.cpu_count(), "num_frames": model.config.num_frames, "image_size": model.config.image_size,
             "video": f"{DEFAULT_SIZE}x{DEFAULT_SIZE}, {DEFAULT_NUM_FRAMES} frames at {DEFAULT_FPS:g} fps, H.264",
@@ -291,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = [("decode", w) for w in args.train_workers_decode] + [("features", args.train_workers_features)]
         for key, workers in plan:
             source = sources["decode video" if key == "decode" else "features cache"]
-            model = build_model(tokenizer, args.seed)  # the same init for every run
+            model = build_model(tokenizer, args.seed, args.model)  # the same init for every run
             loader = make_loader(manifest, model, tokenizer, source, args.batch_size, workers, args.seed)
             row = {"input": key, "num_workers": workers, **train_epoch(model, loader)}
             print(f"train epoch {key} workers={workers}: {row['seconds']:.1f} s", file=sys.stderr)
