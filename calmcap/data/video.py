@@ -46,7 +46,7 @@ from typing import Any, Iterable, Literal, NamedTuple, Union
 
 import numpy as np
 
-from calmcap.errors import VideoDecodeError
+from calmcap.errors import CalmcapError, VideoDecodeError
 
 logger = logging.getLogger(__name__)
 
@@ -309,7 +309,7 @@ def _sniff_container(path: str) -> str | None:
 
 
 def _open_container(path: str) -> Any:
-    import av
+    av = _import_av()
 
     try:
         return av.open(path, mode="r")
@@ -357,7 +357,7 @@ def _stream_fps(rates: list[Any], time_base: Any, pts: np.ndarray) -> float:
 
 
 def _build_pyav_index(path: str) -> _PyavIndex:
-    import av
+    av = _import_av()
 
     container = _open_container(path)
     try:
@@ -510,7 +510,7 @@ def _read_pyav(
     max_side: int | None,
     num_threads: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    import av
+    av = _import_av()
 
     index = _pyav_index(path)
     indices, mask = indices_for(len(index.pts), index.fps)
@@ -791,9 +791,27 @@ _SPEED_ARGS = {
 
 def ffmpeg_executable() -> str:
     """Path of the FFmpeg binary shipped by imageio-ffmpeg (no system ffmpeg needed)."""
-    import imageio_ffmpeg
+    try:
+        import imageio_ffmpeg
 
-    return imageio_ffmpeg.get_ffmpeg_exe()
+        executable = imageio_ffmpeg.get_ffmpeg_exe()
+        if not (os.path.isfile(executable) and os.access(executable, os.X_OK)):
+            raise RuntimeError(f"{executable} is not an executable file")
+        return executable
+    except (ImportError, RuntimeError) as error:
+        raise CalmcapError(
+            f"no ffmpeg binary for encoding videos ({_one_line(str(error)) or type(error).__name__}): "
+            "pip install imageio-ffmpeg, or point IMAGEIO_FFMPEG_EXE at an ffmpeg executable"
+        ) from None
+
+
+def _import_av():
+    """PyAV, or a one-line error saying how to get it."""
+    try:
+        import av
+    except ImportError:
+        raise CalmcapError("PyAV is not installed (needed to decode what decord cannot): pip install av") from None
+    return av
 
 
 def encode_video(
