@@ -158,6 +158,11 @@ def train(args: argparse.Namespace) -> int:
     if cfg.train.grad_checkpointing:
         model.clip.set_grad_checkpointing(True)
 
+    if captioning and cfg.data.max_caption_length - 1 > model.config.decoder.max_positions:
+        raise CalmcapError(
+            f"data.max_caption_length={cfg.data.max_caption_length} needs decoder.max_positions >= "
+            f"{cfg.data.max_caption_length - 1} (the architecture has {model.config.decoder.max_positions})"
+        )
     source = VideoSource(feature_cache=cfg.data.feature_cache, frame_cache=cfg.data.frame_cache,
                          backend=cfg.data.backend, max_side=cfg.data.max_side)
     train_set = VideoCaptionDataset(cfg.data.manifest, cfg.data.train_split, model.config.num_frames,
