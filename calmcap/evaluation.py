@@ -118,7 +118,10 @@ def evaluate(
         valid.append(_gather(accelerator, batch["valid"].to(device)))
         video_embeds.append(_gather(accelerator, embeds.float()))
         if captioning:
-            out = core.generate(frame_features=frames, video_mask=mask, **vars(decode))
+            # Beam search is a chain of small ops: one thread is as fast on an idle CPU and
+            # several times faster on a busy one (OpenMP workers spin-wait for each other).
+            with _single_thread_on_cpu(device):
+                out = core.generate(frame_features=frames, video_mask=mask, **vars(decode))
             seqs = torch.full((frames.shape[0], seq_len), PAD_ID, dtype=torch.long, device=device)
             length = min(seq_len, out["sequences"].shape[1])
             seqs[:, :length] = out["sequences"][:, :length]
@@ -162,6 +165,20 @@ def evaluate(
     return result
 
 
+class _single_thread_on_cpu:
+    def __init__(self, device: torch.device) -> None:
+        self.active = device.type == "cpu"
+
+    def __enter__(self) -> None:
+        if self.active:
+            self.previous = torch.get_num_threads()
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.active:
+            torch.set_num_threads(self.previous)
+
+
 def _gather_objects(accelerator: Any, items: list) -> list:
     if accelerator is None or accelerator.num_processes == 1:
         return list(items)
@@ -192,7 +209,10 @@ def _score(
         "captions": int(sum(1 for o in owners if o in remap)),
     }
     if len(keep) == 0:
-        raise RuntimeError("no video of the split could be decoded; see the bad-video list")
+        from calmcap.errors import CalmcapError
+
+        first = bad_videos[0] if bad_videos else "no readable video"
+        raise CalmcapError(f"none of the {len(is_valid)} videos of the split could be decoded (first: {first})")
     if text_embeds is not None:
         text_keep = [i for i, o in enumerate(owners) if o in remap]
         similarity = (text_embeds[text_keep] @ video_embeds[torch.from_numpy(keep).to(video_embeds.device)].t()).cpu().numpy()

@@ -155,6 +155,11 @@ def train(args: argparse.Namespace) -> int:
             raise CalmcapError("scst.enabled needs model.init_from: a cross-entropy-trained model directory")
         model.requires_grad_(False)  # self-critical stage: the caption decoder only
         model.decoder.requires_grad_(True)
+        # Policy gradient scores the captions the policy sampled: sampling runs without dropout,
+        # so the teacher-forced pass that gives their log-probabilities must too.
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
     if cfg.train.grad_checkpointing:
         model.clip.set_grad_checkpointing(True)
 

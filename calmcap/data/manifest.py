@@ -104,9 +104,18 @@ def parse_entry(obj: Any, path: str | os.PathLike = "<manifest>", line: int = 0)
     )
 
 
-def iter_manifest(path: str | os.PathLike) -> Iterator[ManifestEntry]:
-    """Yield the entries of a manifest file, validating each line (blank lines are skipped)."""
+MANIFEST_NAME = "manifest.jsonl"
+
+
+def manifest_file(path: str | os.PathLike) -> Path:
+    """A manifest path; a directory stands for its ``manifest.jsonl``."""
     path = Path(path)
+    return path / MANIFEST_NAME if path.is_dir() else path
+
+
+def iter_manifest(path: str | os.PathLike) -> Iterator[ManifestEntry]:
+    """Yield the entries of a manifest file (or a directory's ``manifest.jsonl``), validating each line."""
+    path = manifest_file(path)
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found" if not path.exists() else f"{path}: not a file")
     seen: dict[str, int] = {}
@@ -151,4 +160,4 @@ def write_manifest(path: str | os.PathLike, entries: Iterable[ManifestEntry]) ->
 def resolve_video_path(manifest_path: str | os.PathLike, entry: ManifestEntry) -> Path:
     """The absolute path of an entry's video (relative paths are relative to the manifest)."""
     video = Path(entry.video)
-    return video if video.is_absolute() else Path(manifest_path).resolve().parent / video
+    return video if video.is_absolute() else manifest_file(manifest_path).resolve().parent / video

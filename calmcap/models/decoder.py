@@ -132,6 +132,8 @@ class CaptionDecoder(nn.Module):
             bos_token_id=BOS_ID,
             eos_token_id=EOS_ID,
             pad_token_id=PAD_ID,
+            # Never emit bos or pad mid-caption (an untrained decoder otherwise can).
+            suppress_tokens=[BOS_ID, PAD_ID],
             return_dict_in_generate=True,
             output_scores=True,
         )

@@ -70,7 +70,9 @@ def test_shipped_recipe_configs_load():
     configs = sorted((Path(__file__).resolve().parents[2] / "recipes" / "configs").glob("*.yaml"))
     assert len(configs) >= 4
     for path in configs:
-        assert path.read_text().startswith("# accelerate launch recipes/train_caption.py --config " + str(path.relative_to(path.parents[2])))
+        first = path.read_text().splitlines()[0]
+        assert first.startswith("# accelerate launch ")
+        assert first.endswith("recipes/train_caption.py --config " + str(path.relative_to(path.parents[2])))
         config = load_train_config(path)
         get_model_config(config.model.name, config.model.overrides)
 
@@ -100,3 +102,13 @@ def test_checkpoint_from_another_version(make_model, tmp_path):
     with pytest.raises(CheckpointError, match="not valid JSON"):
         read_checkpoint_config(tmp_path / "m")
     shutil.rmtree(tmp_path / "m")
+
+
+def test_a_directory_stands_for_its_manifest(tmp_path):
+    from calmcap.data.manifest import resolve_video_path
+
+    (tmp_path / "manifest.jsonl").write_text(json.dumps(GOOD) + "\n")
+    (entry,) = read_manifest(tmp_path)
+    assert resolve_video_path(tmp_path, entry) == (tmp_path / "v1.mp4").resolve()
+    with pytest.raises(ManifestError, match="manifest not found"):
+        read_manifest(tmp_path / "sub")
