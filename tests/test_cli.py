@@ -74,7 +74,11 @@ def test_no_model_is_a_one_line_error(tmp_path, monkeypatch, capsys, synth_small
     assert main(["caption", str(video)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("calmcap: error: no model given")
-    assert "accelerate launch recipes/train_caption.py --config recipes/configs/synth_tiny.yaml" in err[0]
+    from calmcap.pipeline import TRAIN_COMMAND
+
+    assert TRAIN_COMMAND in err[0]
+    # ... which is the README's main-job command.
+    assert TRAIN_COMMAND in (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
 def test_usage_errors_exit_2(model_dir, synth_small, capsys):

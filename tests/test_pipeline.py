@@ -11,6 +11,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import re
+
 import pytest
 
 from calmcap.errors import CalmcapError, VideoDecodeError
@@ -88,7 +90,9 @@ def test_model_resolution_order(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv(MODEL_ENV, raising=False)
-    with pytest.raises(CalmcapError, match="accelerate launch recipes/train_caption.py --config recipes/configs/synth_tiny.yaml"):
+    from calmcap.pipeline import TRAIN_COMMAND
+
+    with pytest.raises(CalmcapError, match=re.escape(TRAIN_COMMAND)):
         resolve_model_path(None)
     default = tmp_path / DEFAULT_MODEL_DIR
     default.mkdir(parents=True)
