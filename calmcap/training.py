@@ -173,6 +173,29 @@ def save_resume_state(accelerator: Any, output_dir: str | os.PathLike, step: int
     return final
 
 
+# --------------------------------------------------------------------------- diagnostics
+
+
+@torch.no_grad()
+def anchor_statistics(outputs: dict[str, torch.Tensor]) -> dict[str, float]:
+    """How spread the anchor distributions are: mean entropy (nats) of ``V_p`` and ``S_p`` and
+    the share of the batch whose ``S_p`` peaks on its most common anchor.
+
+    A text entropy near 0 with a share near 1 means ``S_p`` collapsed to one anchor for every
+    caption, which makes the VAE's reconstruction trivial (seen in the default run; issue #6).
+    """
+    stats: dict[str, float] = {}
+    for key, name in (("video_dist", "anchor/video_entropy"), ("text_dist", "anchor/text_entropy")):
+        dist = outputs.get(key)
+        if dist is not None:
+            stats[name] = float(-(dist * dist.clamp(min=1e-12).log()).sum(-1).mean())
+    text = outputs.get("text_dist")
+    if text is not None:
+        peaks = text.argmax(-1)
+        stats["anchor/text_top_share"] = float(peaks.bincount().max()) / peaks.numel()
+    return stats
+
+
 # --------------------------------------------------------------------------- faults
 
 

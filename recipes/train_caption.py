@@ -47,6 +47,7 @@ from calmcap.train_config import TrainConfig, load_train_config
 from calmcap.training import (
     EpochSampler,
     GracefulStop,
+    anchor_statistics,
     assert_finite,
     MetricsLog,
     TrainState,
@@ -299,6 +300,7 @@ def train(args: argparse.Namespace) -> int:
             if state.step % cfg.log_every_steps == 0 or state.step == total_steps:
                 elapsed = max(time.time() - window_start, 1e-9)
                 values = {k: accelerator.reduce(v.detach().reshape(1), reduction="mean").item() for k, v in terms.items()}
+                values.update(anchor_statistics(outputs))  # this process's batch: a diagnostic
                 values.update(lr=scheduler.get_last_lr()[-1], clips_per_second=window_clips / elapsed,
                               logit_scale=core.retrieval.logit_scale.item(), epoch=state.epoch,
                               items=accelerator.gather(batch["item_index"]).tolist())
@@ -343,7 +345,8 @@ def train(args: argparse.Namespace) -> int:
         else:
             assert_finite(core)
             core.save_pretrained(final)
-        summary = {"steps": state.step, "best_step": state.best_step, "best_metric": state.best_metric,
+        best = state.best_metric if math.isfinite(state.best_metric) else None  # None: never evaluated
+        summary = {"steps": state.step, "best_step": state.best_step, "best_metric": best,
                    "metric": cfg.eval.metric, "skipped_steps": state.skipped_steps,
                    "model": str(final)}
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -105,3 +105,16 @@ def test_total_is_the_weighted_sum():
     assert LOSS_REC not in terms and LOSS_ALIGN in terms
     expected = 1.5 * terms[LOSS_CAPTION] + 0.5 * terms[LOSS_RETRIEVAL] + 2.0 * terms[LOSS_ALIGN]
     assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_anchor_statistics_detect_a_collapsed_text_distribution():
+    from calmcap.training import anchor_statistics
+
+    spread = anchor_statistics({"text_dist": torch.full((4, 5), 0.2), "video_dist": torch.full((4, 5), 0.2)})
+    assert spread["anchor/text_entropy"] == pytest.approx(math.log(5), rel=1e-5)
+    collapsed = torch.zeros(4, 5)
+    collapsed[:, 2] = 1.0
+    stats = anchor_statistics({"text_dist": collapsed})
+    assert stats["anchor/text_entropy"] == pytest.approx(0.0, abs=1e-6)
+    assert stats["anchor/text_top_share"] == 1.0
+    assert anchor_statistics({}) == {}
