@@ -41,7 +41,6 @@ tower's features would match no model one could train or load later.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -1021,124 +1020,18 @@ def load_feature_model(name_or_checkpoint: str, device: str = "cpu") -> Any:
     return ImageTower.from_config(config).to(device)
 
 
-# ---------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------
-
-
-def _print_bad(bad: list[dict[str, str]], path: Path, limit: int = 10) -> None:
-    if not bad:
-        return
-    print(f"{len(bad)} bad video(s), listed in {path}:")
-    for record in bad[:limit]:
-        print(f"  {record['video_id']}  {record['video']}: {record['reason']}")
-    if len(bad) > limit:
-        print(f"  ... and {len(bad) - limit} more")
-
-
-def build_check_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="calmcap check",
-        description="Open every video of a manifest (probe + decode a few frames) and list the bad ones. "
-                    "Resumable: a re-run skips the videos already checked.",
-    )
-    parser.add_argument("manifest", help="manifest (JSON lines)")
-    parser.add_argument("--split", action="append", dest="splits", metavar="SPLIT",
-                        help="only this split (repeatable; default: every split)")
-    parser.add_argument("--workers", type=int, default=2, help="decoder processes; 0 runs in this process (default: %(default)s)")
-    parser.add_argument("--out", default=None, help="output folder (default: <manifest dir>/check-<manifest stem>)")
-    parser.add_argument("--backend", choices=("auto", "decord", "pyav"), default="auto", help="decoder (default: %(default)s)")
-    parser.add_argument("--num-frames", type=int, default=DEFAULT_CHECK_FRAMES,
-                        help="frames decoded per video (default: %(default)s)")
-    parser.add_argument("--restart", action="store_true", help="forget earlier progress and check every video again")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser
-
-
 def check_main(argv: Sequence[str] | None = None) -> int:
-    """``calmcap check``: exit status 0 when every video is good, 1 when some are bad."""
-    args = build_check_parser().parse_args(argv)
-    out = Path(args.out) if args.out else default_check_dir(args.manifest)
-    if args.restart:
-        (out / PROGRESS_FILE).unlink(missing_ok=True)
-    report = check_videos(args.manifest, splits=args.splits, workers=args.workers, out=out,
-                          progress=not args.no_progress, backend=args.backend, num_frames=args.num_frames)
-    rate = report.summary.get("videos_per_second")
-    print(f"checked {report.num_videos} videos ({report.num_checked} now, {report.num_resumed} from earlier runs) "
-          f"in {report.seconds:.1f} s" + (f" ({rate:.1f} videos/s)" if rate else ""))
-    print(f"good: {report.num_ok}  bad: {report.num_bad}  clip hours: {report.summary['total_clip_hours']:.2f}")
-    for reason, count in report.summary["bad_reasons"].items():
-        print(f"  {count:>6}  {reason}")
-    _print_bad(report.bad, report.bad_videos_path)
-    if report.summary.get("num_warnings"):
-        print(f"{report.summary['num_warnings']} warning(s) (clips starting after the video ends) in {report.summary_path}")
-    print(f"summary: {report.summary_path}")
-    return 1 if report.bad else 0
+    """``calmcap check`` (its parser and output live with the CLI: :mod:`calmcap.cli_data`)."""
+    from calmcap.cli_data import check_main as run
 
-
-def build_cache_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="calmcap cache",
-        description="Cache decoded, resized frames (uint8) and optionally a frozen image tower's features "
-                    "(float16) so training skips decoding. Resumable: existing files are kept.",
-    )
-    parser.add_argument("manifest", help="manifest (JSON lines)")
-    parser.add_argument("--cache-dir", required=True, help="cache folder (frames/ and features/ go inside)")
-    parser.add_argument("--split", action="append", dest="splits", metavar="SPLIT",
-                        help="only this split (repeatable; default: every split)")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="frame side S (default: the model's image size with --model, else 224)")
-    parser.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES,
-                        help="at most this many frames per clip, sampled uniformly (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=2, help="decoder processes; 0 runs in this process (default: %(default)s)")
-    parser.add_argument("--backend", choices=("auto", "decord", "pyav"), default="auto", help="decoder (default: %(default)s)")
-    parser.add_argument("--features", action="store_true", help="also cache the image tower's frame features")
-    parser.add_argument("--model", default=None,
-                        help="checkpoint directory, or a registered model name with pretrained CLIP weights (for --features)")
-    parser.add_argument("--no-frames", action="store_true",
-                        help="with --features: do not keep a frames cache (decode straight into features)")
-    parser.add_argument("--batch-size", type=int, default=256, help="frames per tower forward (default: %(default)s)")
-    parser.add_argument("--device", default="cpu", help="device for the tower (default: %(default)s)")
-    parser.add_argument("--overwrite", action="store_true", help="rebuild a cache made with other settings or another tower")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser
+    return run(argv)
 
 
 def cache_main(argv: Sequence[str] | None = None) -> int:
-    """``calmcap cache``: exit status 0 (bad videos are listed, not fatal)."""
-    parser = build_cache_parser()
-    args = parser.parse_args(argv)
-    if args.features and not args.model:
-        parser.error("--features needs --model (a checkpoint directory or a model name)")
-    if args.model and not args.features:
-        parser.error("--model is only used with --features")
-    if args.no_frames and not args.features:
-        parser.error("--no-frames only makes sense with --features")
-    model = load_feature_model(args.model, args.device) if args.features else None
-    image_size = args.image_size
-    if model is not None:
-        if image_size is not None and image_size != model.config.image_size:
-            parser.error(f"--image-size {image_size} differs from the model's image size {model.config.image_size}")
-        image_size = int(model.config.image_size)
-    elif image_size is None:
-        image_size = 224
-    progress = not args.no_progress
-    if not args.no_frames:
-        frames = cache_frames(args.manifest, args.cache_dir, image_size, splits=args.splits, max_frames=args.max_frames,
-                              workers=args.workers, progress=progress, backend=args.backend, overwrite=args.overwrite)
-        print(f"frames: {frames.num_cached}/{frames.num_videos} videos cached at {image_size}px "
-              f"({frames.num_written} new, {frames.num_skipped} kept) in {frames.seconds:.1f} s -> {Path(args.cache_dir) / FRAMES}")
-        _print_bad(frames.bad, frames.bad_videos_path)
-    if model is not None:
-        features = cache_features(model, args.manifest, args.cache_dir, splits=args.splits, batch_size=args.batch_size,
-                                  progress=progress, max_frames=args.max_frames, workers=args.workers if args.no_frames else 0,
-                                  backend=args.backend, overwrite=args.overwrite)
-        tower = features.meta["tower"]
-        print(f"features: {features.num_cached}/{features.num_videos} videos ({features.num_written} new, "
-              f"{features.num_skipped} kept) in {features.seconds:.1f} s, D={features.meta.get('embed_dim')}, "
-              f"tower {tower['arch']} ({tower['fingerprint'][:19]}...) -> {Path(args.cache_dir) / FEATURES}")
-        _print_bad(features.bad, features.bad_videos_path)
-    return 0
+    """``calmcap cache`` (its parser and output live with the CLI: :mod:`calmcap.cli_data`)."""
+    from calmcap.cli_data import cache_main as run
+
+    return run(argv)
 
 
 __all__ = [

@@ -25,7 +25,6 @@ See ``docs/BENCHMARK_SYNTH.md`` for the attribute spaces and the measured ceilin
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -871,55 +870,14 @@ def generate_benchmark(
     }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``calmcap synth`` argument parser."""
-    parser = argparse.ArgumentParser(
-        prog="calmcap synth",
-        description="Render the embedded shapes-and-actions video-caption benchmark (no download needed).",
-    )
-    parser.add_argument("out_dir", help="output folder (manifest.jsonl, videos/, concepts.txt, benchmark.json)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN, help="train videos (default: %(default)s)")
-    parser.add_argument("--num-val", type=int, default=DEFAULT_NUM_VAL, help="val videos (default: %(default)s)")
-    parser.add_argument("--num-test", type=int, default=DEFAULT_NUM_TEST, help="in-domain test videos (default: %(default)s)")
-    parser.add_argument("--num-test-ood", type=int, default=DEFAULT_NUM_TEST_OOD,
-                        help="out-of-domain test videos (default: %(default)s)")
-    parser.add_argument("--num-frames", type=int, default=DEFAULT_NUM_FRAMES, help="frames per video (default: %(default)s)")
-    parser.add_argument("--fps", type=float, default=DEFAULT_FPS, help="frame rate (default: %(default)s)")
-    parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="frame side in pixels (default: %(default)s)")
-    parser.add_argument("--captions-per-video", type=int, default=CAPTIONS_PER_VIDEO,
-                        help="paraphrases per video (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes; 0 renders in this process (default: %(default)s)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a benchmark already in OUT_DIR")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``calmcap synth``; prints a summary and returns the exit status."""
-    args = build_parser().parse_args(argv)
-    summary = generate_benchmark(
-        args.out_dir, seed=args.seed, num_train=args.num_train, num_val=args.num_val, num_test=args.num_test,
-        num_test_ood=args.num_test_ood, num_frames_per_video=args.num_frames, fps=args.fps, size=args.size,
-        captions_per_video=args.captions_per_video, workers=args.workers, progress=not args.no_progress,
-        overwrite=args.overwrite,
-    )
-    total = sum(summary["num_videos"].values())
-    print(f"wrote {total} videos to {summary['out_dir']} in {summary['seconds']:.1f} s")
-    print(f"{'split':<9} {'domain':<6} {'videos':>6} {'chance t2v R@1':>15} {'ceiling t2v R@1':>16} {'ceiling v2t R@1':>16}")
-    for split in SPLITS:
-        n = summary["num_videos"][split]
-        if n == 0:
-            continue
-        print(f"{split:<9} {SPLIT_DOMAIN[split]:<6} {n:>6} {summary['chance'][split]['t2v/R@1']:>15.4f} "
-              f"{summary['ceiling'][split]['t2v/R@1']:>16.4f} {summary['ceiling'][split]['v2t/R@1']:>16.4f}")
-    print(f"manifest: {summary['manifest']}")
-    return 0
+    """``calmcap synth`` (its parser and printed summary live with the CLI: :mod:`calmcap.cli_data`)."""
+    from calmcap.cli_data import synth_main
+
+    return synth_main(argv)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except CalmcapError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    from calmcap.cli import main as cli_main
+
+    sys.exit(cli_main(["synth", *sys.argv[1:]]))

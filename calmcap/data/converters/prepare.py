@@ -12,18 +12,17 @@ import argparse
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from calmcap.data.converters.activitynet import PROTOCOLS as ANET_PROTOCOLS, TEST_FILES, convert_activitynet
+from calmcap.data.converters.activitynet import convert_activitynet
 from calmcap.data.converters.base import ConversionResult
-from calmcap.data.converters.didemo import PROTOCOLS as DIDEMO_PROTOCOLS, convert_didemo
+from calmcap.data.converters.didemo import convert_didemo
 from calmcap.data.converters.generic import convert_generic
 from calmcap.data.converters.lsmdc import convert_lsmdc
-from calmcap.data.converters.msrvtt import PROTOCOLS as MSRVTT_PROTOCOLS, TEST_CAPTIONS, convert_msrvtt
-from calmcap.data.converters.msvd import DEFAULT_SPLIT_SIZES, convert_msvd
+from calmcap.data.converters.msrvtt import convert_msrvtt
+from calmcap.data.converters.msvd import convert_msvd
 from calmcap.data.converters.videos import locate_videos, relative_to_manifest
 from calmcap.data.manifest import write_manifest
 from calmcap.errors import ManifestError
@@ -140,99 +139,23 @@ def prepare(
     return PrepareReport(out, protocol_path, result.dataset, result.protocol, splits, missing)
 
 
-# --- command line ---------------------------------------------------------------------------
-
-def _add_dataset_arguments(name: str, parser: argparse.ArgumentParser) -> list[str]:
-    """Add ``name``'s converter options; return their dests (= the converter's keyword names)."""
-    add = parser.add_argument
-    if name == "msrvtt":
-        actions = [
-            add("--protocol", choices=MSRVTT_PROTOCOLS, default="retrieval-9k"),
-            add("--train-csv", help="MSRVTT_train.9k.csv / MSRVTT_train.7k.csv (default: derived)"),
-            add("--test-csv", help="MSRVTT_JSFUSION_test.csv (1k-A; needed for retrieval)"),
-            add("--test-captions", choices=TEST_CAPTIONS, default="jsfusion",
-                help="retrieval test: the one 1k-A sentence (default) or all references"),
-        ]
-    elif name == "msvd":
-        actions = [add("--split-sizes", type=int, nargs=3, metavar=("TRAIN", "VAL", "TEST"),
-                       default=list(DEFAULT_SPLIT_SIZES), help="consecutive vid-index counts (default 1200 100 670)")]
-    elif name == "didemo":
-        actions = [add("--protocol", choices=DIDEMO_PROTOCOLS, default="paragraph")]
-    elif name == "activitynet":
-        actions = [
-            add("--protocol", choices=ANET_PROTOCOLS, default="paragraph"),
-            add("--test-file", choices=TEST_FILES, default="val_1",
-                help="validation file used as the test split (default val_1, as peers)"),
-        ]
-    elif name == "generic":
-        actions = [
-            add("--video-column", default="video"),
-            add("--caption-column", default="caption"),
-            add("--video-id-column"),
-            add("--split-column"),
-            add("--default-split", default="train"),
-            add("--start-column"),
-            add("--end-column"),
-            add("--records-key", help="JSON: the top-level key that holds the list of records"),
-        ]
-    else:
-        actions = []
-    return [action.dest for action in actions]
-
-
-_DESCRIPTIONS = {
-    "msrvtt": "MSR-VTT: MSRVTT_data.json (or *_videodatainfo.json); videos videoNNNN.mp4",
-    "msvd": "MSVD: AllVideoDescriptions.txt and youtube_mapping.txt; videos <clip>.avi",
-    "didemo": "DiDeMo: train_data.json val_data.json test_data.json",
-    "lsmdc": "LSMDC 2016: LSMDC16_annos_training.csv LSMDC16_annos_val.csv LSMDC16_challenge_1000_publictect.csv",
-    "activitynet": "ActivityNet Captions: train.json val_1.json val_2.json",
-    "generic": "any CSV/TSV/JSON/JSONL caption table",
-}
+# --- command line: the parser and the printed summary live with the CLI (calmcap.cli_data) ---
 
 
 def add_prepare_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``prepare`` on a CLI's subparsers; the parsed namespace's ``func(args)`` runs it."""
-    parser = subparsers.add_parser(
-        "prepare", help="convert a benchmark's annotation files into a manifest",
-        description="Convert a benchmark's official annotation files into a calmcap manifest "
-                    "(plus MANIFEST.protocol.json recording the protocol).",
-    )
-    datasets = parser.add_subparsers(dest="dataset", required=True, metavar="DATASET")
-    for name in CONVERTERS:
-        sub = datasets.add_parser(name, help=_DESCRIPTIONS[name], description=_DESCRIPTIONS[name])
-        sub.add_argument("--annotations", nargs="+", required=True, metavar="PATH",
-                         help="annotation files; SPLIT=PATH names a file's split explicitly")
-        sub.add_argument("--videos", required=True, metavar="DIR", help="directory holding the video files")
-        sub.add_argument("--out", required=True, metavar="MANIFEST", help="manifest to write (JSON lines)")
-        sub.add_argument("--strict", action="store_true", help="fail if any video file is missing")
-        option_names = _add_dataset_arguments(name, sub)
-        sub.set_defaults(func=run_prepare, prepare_options=tuple(option_names))
-    return parser
+    """Register ``prepare`` on a CLI's subparsers (see :func:`calmcap.cli_data.add_prepare_parser`)."""
+    from calmcap.cli_data import add_prepare_parser as add
+
+    return add(subparsers)
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    """Run a parsed ``prepare`` command and print its summary; CalmcapError propagates to the CLI."""
-    options = {name: getattr(args, name) for name in args.prepare_options if getattr(args, name) is not None}
-    report = prepare(args.dataset, args.annotations, args.videos, args.out, strict=args.strict, **options)
-    print(f"{report.dataset} ({report.protocol}) -> {report.manifest_path}")
-    for split, counts in report.splits.items():
-        print(f"  {split}: {counts['videos']} videos, {counts['captions']} captions")
-    if report.missing_videos:
-        print(f"  missing videos: {len(report.missing_videos)} (listed in {report.protocol_path})", file=sys.stderr)
-    print(f"protocol: {report.protocol_path}")
-    return 0
+    from calmcap.cli_data import run_prepare as run
+
+    return run(args)
 
 
 def prepare_main(argv: list[str] | None = None) -> int:
-    """Entry point for ``prepare <dataset> --annotations PATH... --videos DIR --out MANIFEST ...``.
+    from calmcap.cli_data import prepare_main as run
 
-    ``argv`` is what follows ``prepare`` (a leading ``prepare`` is accepted too); errors in the
-    input raise :class:`~calmcap.errors.CalmcapError` for the top-level CLI to report.
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["prepare"]:
-        argv = argv[1:]
-    parser = argparse.ArgumentParser(prog="calmcap")
-    add_prepare_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["prepare", *argv])
-    return args.func(args)
+    return run(argv)
