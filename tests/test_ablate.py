@@ -37,3 +37,24 @@ def test_ablation_runner_end_to_end_and_resume(synth_small, tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert {p: p.stat().st_size for p in out.glob("*.log")} == logs
     assert json.loads((out / "table.json").read_text())["table"] == table
+
+
+def _ablate_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ablate", REPO / "eval" / "ablate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_variants_that_build_the_same_model_share_one_run():
+    ablate = _ablate_module()
+    key = lambda overrides: ablate.model_key("calmcap-tiny", overrides)  # noqa: E731
+    grids = ablate.GRIDS
+    # K=157 and the Charades label set are the default CALM model; K=0 removes the branch like 'none'.
+    assert key(grids["anchors"]["K=157"]) == key(grids["main"]["calm-vae"]) == key(grids["labels"]["charades"])
+    assert key(grids["anchors"]["baseline"]) == key(grids["main"]["baseline"])
+    distinct = [grids["main"][v] for v in grids["main"]] + [grids["anchors"]["K=50"], grids["labels"]["coco"]]
+    assert len({key(o) for o in distinct}) == len(distinct)
+    assert key(["alignment.variant=vae", "alignment.detach_text_dist=true"]) != key(["alignment.variant=vae"])
