@@ -39,6 +39,9 @@ GRIDS: dict[str, dict[str, list[str]]] = {
         "direct-kl": ["alignment.variant=kl"],
         "direct-ce": ["alignment.variant=ce"],
         "direct-mse": ["alignment.variant=mse"],
+        # Not in the paper: CALM with no gradient into the text's anchor distribution S_p,
+        # which otherwise collapses to one anchor (BENCHMARKS.md, main job).
+        "calm-vae-detach": ["alignment.variant=vae", "alignment.detach_text_dist=true"],
     },
     "anchors": {
         BASELINE: ["anchors.num_anchors=0"],
@@ -59,6 +62,32 @@ SPLITS = {"in-domain": "test", "out-of-domain": "test_ood"}
 
 def run_name(variant: str, seed: int) -> str:
     return f"{variant.replace('=', '').replace('/', '-')}_seed{seed}"
+
+
+def model_key(model_name: str, overrides: list[str]) -> str:
+    """The resolved model configuration of a variant: variants that resolve alike share runs.
+
+    Without the anchor branch (variant ``none`` or K=0) the anchor and alignment settings
+    build nothing, so they are left out of the key.
+    """
+    from calmcap.config import get_model_config
+
+    config = get_model_config(model_name, overrides)
+    data = config.to_json()
+    if not config.use_anchors:
+        data.pop("anchors")
+        data.pop("alignment")
+    return json.dumps(data, sort_keys=True)
+
+
+def base_model_name(args: argparse.Namespace) -> str:
+    import yaml
+
+    name = yaml.safe_load(Path(args.config).read_text()).get("model", {}).get("name", "calmcap-tiny")
+    for item in args.override:
+        if item.startswith("model.name="):
+            name = item.split("=", 1)[1]
+    return name
 
 
 def train_and_evaluate(args: argparse.Namespace, variant: str, overrides: list[str], seed: int, threads: int) -> dict:
@@ -155,7 +184,8 @@ def aggregate(results: list[dict], variants: list[str]) -> dict:
     return table
 
 
-def markdown(table: dict) -> str:
+def markdown(table: dict, shared: dict[str, str] | None = None) -> str:
+    shared = shared or {}
     lines = []
     for label in SPLITS:
         lines.append(f"\n### {label} ({SPLITS[label]})\n")
@@ -172,7 +202,8 @@ def markdown(table: dict) -> str:
                 if "diff" in cell:
                     text += f" ({cell['diff']:+.1f}{'*' if cell['significant'] else ''})"
                 cells.append(text)
-            lines.append(f"| {variant} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
+            name = f"{variant} (= {shared[variant]})" if variant in shared else variant
+            lines.append(f"| {name} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
     lines.append("\nmean ± std over seeds; (difference to the baseline; * = exceeds 2 standard errors of the difference)")
     return "\n".join(lines) + "\n"
 
@@ -227,12 +258,26 @@ def main(argv: list[str] | None = None) -> int:
             if args.variants and name not in args.variants:
                 continue
             variants.setdefault(name, overrides)
-    jobs = [(name, overrides, seed) for seed in args.seeds for name, overrides in variants.items()]
+    # One run per distinct resolved model and seed; a variant that resolves like an earlier
+    # one (K=157 is the default CALM, K=0 is the baseline) reads that run's results.
+    # Runs are named after the first variant of all grids (in GRIDS order) that resolves
+    # alike, so separate invocations into one --out share them too.
+    model_name = base_model_name(args)
+    first_of_key: dict[str, tuple[str, list[str]]] = {}
+    for grid in GRIDS.values():
+        for name, overrides in grid.items():
+            first_of_key.setdefault(model_key(model_name, overrides), (name, overrides))
+    run_of = {name: first_of_key[model_key(model_name, overrides)] for name, overrides in variants.items()}
+    runs = {run: overrides for run, overrides in run_of.values()}
+    jobs = [(run, overrides, seed) for seed in args.seeds for run, overrides in runs.items()]
     threads = max(1, (os.cpu_count() or 1) // max(1, args.parallel))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    print(f"{len(jobs)} runs ({len(variants)} variants x {len(args.seeds)} seeds), {args.parallel} at a time -> {out}", flush=True)
+    shared = {name: run for name, (run, _) in run_of.items() if name != run}
+    print(f"{len(jobs)} runs ({len(variants)} variants x {len(args.seeds)} seeds"
+          + (f"; {', '.join(f'{a} = {b}' for a, b in shared.items())}" if shared else "")
+          + f"), {args.parallel} at a time -> {out}", flush=True)
     results = []
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         futures = {pool.submit(train_and_evaluate, args, name, overrides, seed, threads): (name, seed)
@@ -244,10 +289,13 @@ def main(argv: list[str] | None = None) -> int:
             result.setdefault("seed", seed)
             results.append(result)
             print(f"[{done}/{len(jobs)}] {run_name(name, seed)} done ({time.time() - started:.0f} s elapsed)", flush=True)
+    by_run = results
+    results = [{**r, "variant": name} for name, (run, _) in run_of.items() for r in by_run if r["variant"] == run]
     table = aggregate(results, list(variants))
     (out / "table.json").write_text(json.dumps({"table": table, "wall_seconds": time.time() - started,
-                                                "grids": args.grid, "seeds": args.seeds, "steps": args.steps}, indent=2) + "\n")
-    text = markdown(table)
+                                                "grids": args.grid, "seeds": args.seeds, "steps": args.steps,
+                                                "shared_runs": shared, "overrides": args.override}, indent=2) + "\n")
+    text = markdown(table, shared)
     (out / "table.md").write_text(text)
     plot_gap(table, out / "ood_gap.png")
     print(text)
