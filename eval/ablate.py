@@ -16,6 +16,7 @@ and ``ood_gap.png`` plots out-of-domain minus in-domain score per variant.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -57,6 +58,10 @@ GRIDS: dict[str, dict[str, list[str]]] = {
     },
 }
 METRICS = ["caption/CIDEr", "caption/BLEU-4", "t2v/R@1", "t2v/R@5", "v2t/R@1"]
+# What the anchor branch looked like at the last logged training step (training.anchor_statistics):
+# a text entropy near 0 with a top share near 1 means S_p collapsed onto one anchor.
+DIAGNOSTICS = ["anchor/text_entropy", "anchor/text_top_share", "anchor/video_entropy", "loss/rec", "loss/kl",
+               "loss/align"]
 SPLITS = {"in-domain": "test", "out-of-domain": "test_ood"}
 
 
@@ -141,17 +146,36 @@ def evaluate_run(run_dir: Path, manifest: Path, max_videos: int) -> None:
     from calmcap.evaluation import evaluate
     from calmcap.models.calm import CALMModel
 
+    from calmcap.train_config import load_train_config
+
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     model = CALMModel.from_pretrained(run_dir / "model")
+    # Decode as the run's own validation did (the embedded benchmark needs 40 pieces, not 20).
+    decode = load_train_config(run_dir / "config.yaml").eval.decode
     results = {}
     for label, split in SPLITS.items():
         entries = read_manifest(manifest, split)[: max_videos or None]
         dataset = VideoCaptionDataset(manifest, split, model.config.num_frames, model.config.image_size,
                                       mode="videos", entries=entries)
-        result = evaluate(model, dataset, batch_size=32, meteor=False)
+        result = evaluate(model, dataset, batch_size=32, decode=decode, meteor=False)
         results[label] = {**result.metrics, "videos": result.counts["videos"]}
     summary = json.loads((run_dir / "summary.json").read_text())
-    (run_dir / "results.json").write_text(json.dumps({"splits": results, "training": summary}, indent=2) + "\n")
+    path = run_dir / "results.json"
+    previous = json.loads(path.read_text()) if path.is_file() else {}  # re-evaluation keeps variant, seed, times
+    path.write_text(json.dumps({**previous, "splits": results, "training": summary,
+                                "decode": dataclasses.asdict(decode)}, indent=2) + "\n")
+
+
+def last_training_row(run_dir: Path) -> dict[str, float]:
+    """The diagnostics of the last training row of ``run_dir/metrics.jsonl`` ({} if none)."""
+    path = run_dir / "metrics.jsonl"
+    row: dict = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if record.get("kind") == "train":
+                row = record
+    return {k: row[k] for k in DIAGNOSTICS if k in row}
 
 
 def aggregate(results: list[dict], variants: list[str]) -> dict:
@@ -164,17 +188,17 @@ def aggregate(results: list[dict], variants: list[str]) -> dict:
             for metric in METRICS:
                 values = [r["splits"][label][metric] for r in runs if metric in r["splits"][label]]
                 if values:
-                    table[variant][f"{label}/{metric}"] = {
-                        "mean": statistics.fmean(values),
-                        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                        "n": len(values),
-                    }
+                    table[variant][f"{label}/{metric}"] = summarise(values)
+        for name in DIAGNOSTICS:
+            values = [r["diagnostics"][name] for r in runs if name in r.get("diagnostics", {})]
+            if values:
+                table[variant][f"training/{name}"] = summarise(values)
     base = table.get(BASELINE, {})
     for variant, row in table.items():
         if variant == BASELINE:
             continue
         for key, cell in row.items():
-            if key == "seeds" or key not in base:
+            if key == "seeds" or key.startswith("training/") or key not in base:
                 continue
             b = base[key]
             diff = cell["mean"] - b["mean"]
@@ -182,6 +206,11 @@ def aggregate(results: list[dict], variants: list[str]) -> dict:
             cell["diff"] = diff
             cell["significant"] = bool(se == se and abs(diff) > 2 * se)
     return table
+
+
+def summarise(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}
 
 
 def markdown(table: dict, shared: dict[str, str] | None = None) -> str:
@@ -205,6 +234,17 @@ def markdown(table: dict, shared: dict[str, str] | None = None) -> str:
             name = f"{variant} (= {shared[variant]})" if variant in shared else variant
             lines.append(f"| {name} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
     lines.append("\nmean ± std over seeds; (difference to the baseline; * = exceeds 2 standard errors of the difference)")
+    rows = [(v, r) for v, r in table.items() if any(f"training/{n}" in r for n in DIAGNOSTICS)]
+    if rows:
+        lines.append("\n### anchor branch at the last training step\n")
+        lines.append("| variant | " + " | ".join(DIAGNOSTICS) + " |")
+        lines.append("|---|" + "---|" * len(DIAGNOSTICS))
+        for variant, row in rows:
+            cells = [f"{row[f'training/{n}']['mean']:.3g} ± {row[f'training/{n}']['std']:.2g}" if f"training/{n}" in row
+                     else "–" for n in DIAGNOSTICS]
+            lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+        lines.append("\nentropies in nats (uniform over K anchors: ln K); top share: fraction of a batch's captions "
+                     "whose S_p peaks on the batch's most common anchor")
     return "\n".join(lines) + "\n"
 
 
@@ -287,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             result = future.result()
             result.setdefault("variant", name)
             result.setdefault("seed", seed)
+            result["diagnostics"] = last_training_row(out / run_name(name, seed))
             results.append(result)
             print(f"[{done}/{len(jobs)}] {run_name(name, seed)} done ({time.time() - started:.0f} s elapsed)", flush=True)
     by_run = results

@@ -28,6 +28,10 @@ def test_ablation_runner_end_to_end_and_resume(synth_small, tmp_path):
         assert f"{label}/caption/CIDEr" in table["baseline"]
     results = json.loads((out / "calm-vae_seed0" / "results.json").read_text())
     assert results["splits"]["out-of-domain"]["videos"] == 5
+    assert results["decode"]["max_length"] == 6  # the run's own eval.decode, not the library default
+    # The anchor branch's state at the last step is tabulated for CALM, absent for the baseline.
+    assert 0.0 <= table["calm-vae"]["training/anchor/text_top_share"]["mean"] <= 1.0
+    assert not any(key.startswith("training/") for key in table["baseline"])
     assert (out / "table.md").read_text().count("| calm-vae |") == 2
     assert (out / "ood_gap.png").stat().st_size > 0
 
