@@ -12,6 +12,8 @@ Layout::
     model.safetensors  parameters and buffers; tied weights stored once; non-persistent
                        buffers (e.g. open_clip's causal mask) stored under "__buffer__." so a
                        meta-device build can be filled in completely
+                        optional "generation": the beam-search settings the model was
+                        validated with (num_beams, max_length, ...), used when a caller sets none
     tokenizer.model    the SentencePiece caption tokenizer
     anchors.txt        the anchor labels, one per line (empty when the anchor branch is off)
 """
@@ -99,6 +101,8 @@ def save_pretrained(model: "CALMModel", path: str | os.PathLike) -> Path:  # noq
             "num_tensors": len(tensors),
         },
     }
+    if getattr(model, "generation_defaults", None):
+        config["generation"] = check_generation(dict(model.generation_defaults), "generation_defaults")
     # config.json is written last: a directory without it is never taken for a checkpoint.
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     if path.exists():
@@ -111,6 +115,21 @@ def save_pretrained(model: "CALMModel", path: str | os.PathLike) -> Path:  # noq
         os.replace(tmp, path)
     logger.info("saved checkpoint to %s", path)
     return path
+
+
+def check_generation(settings: object, where: str) -> dict:
+    """Validate saved beam-search settings: known names, numbers of the right kind."""
+    from calmcap.pipeline import DECODE_DEFAULTS
+
+    if not isinstance(settings, dict):
+        raise CheckpointError(f"{where}: 'generation' must be an object of decoding settings")
+    for key, value in settings.items():
+        if key not in DECODE_DEFAULTS:
+            raise CheckpointError(f"{where}: unknown generation setting {key!r} (known: {', '.join(DECODE_DEFAULTS)})")
+        kind = type(DECODE_DEFAULTS[key])
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+            raise CheckpointError(f"{where}: generation setting {key!r} must be {kind.__name__}, got {value!r}")
+    return settings
 
 
 def read_checkpoint_config(path: str | os.PathLike) -> ModelConfig:
@@ -163,6 +182,7 @@ def load_pretrained(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise CheckpointError(
             f"{weights_path}: {actual_bytes} bytes but config.json records {expected_bytes} (truncated or replaced)"
         )
+    generation = check_generation(meta.get("generation", {}), str(path / CONFIG_FILE))
     tokenizer = CaptionTokenizer.load(path / TOKENIZER_FILE)
     anchors_path = path / ANCHORS_FILE
     if not anchors_path.is_file():
@@ -182,6 +202,7 @@ def load_pretrained(path: str | os.PathLike, device: str | torch.device = "cpu")
     with torch.device("meta"):
         model = CALMModel(config, labels, tokenizer, clip_model=build_clip(config.clip, config.image_size, meta=True))
     _assign_tensors(model, tensors, weights_path)
+    model.generation_defaults = dict(generation)
     model.to(device)
     model.eval()
     return model

@@ -104,13 +104,17 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
 
 def _add_decoding(parser: argparse.ArgumentParser, sampling: bool = True) -> None:
     group = parser.add_argument_group("decoding")
-    group.add_argument("--num-beams", type=int, default=3, metavar="N", help="beam size (default: %(default)s)")
-    group.add_argument("--max-length", type=int, default=20, metavar="N", help="at most N tokens (default: %(default)s)")
-    group.add_argument("--min-length", type=int, default=0, metavar="N", help="at least N tokens (default: %(default)s)")
-    group.add_argument("--length-penalty", type=float, default=1.0, metavar="X",
-                       help="beam score = log p / length^X (default: %(default)s)")
-    group.add_argument("--no-repeat-ngram-size", type=int, default=0, metavar="N",
-                       help="forbid repeating any n-gram of this size (0: off; default: %(default)s)")
+    # Unset beam settings take the checkpoint's own (what its training validated with), else these.
+    group.add_argument("--num-beams", type=int, default=None, metavar="N",
+                       help="beam size (default: the checkpoint's, else 3)")
+    group.add_argument("--max-length", type=int, default=None, metavar="N",
+                       help="at most N tokens (default: the checkpoint's, else 20; the embedded benchmark's model: 40)")
+    group.add_argument("--min-length", type=int, default=None, metavar="N",
+                       help="at least N tokens (default: the checkpoint's, else 0)")
+    group.add_argument("--length-penalty", type=float, default=None, metavar="X",
+                       help="beam score = log p / length^X (default: the checkpoint's, else 1.0)")
+    group.add_argument("--no-repeat-ngram-size", type=int, default=None, metavar="N",
+                       help="forbid repeating any n-gram of this size (0: off; default: the checkpoint's, else 0)")
     if sampling:
         group.add_argument("--sample", action="store_true", help="nucleus sampling instead of beam search")
         group.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus mass with --sample (default: %(default)s)")

@@ -31,7 +31,7 @@ import os
 import queue
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from glob import glob, has_magic
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, Union
@@ -66,37 +66,58 @@ VIDEO_EXTENSIONS = frozenset(
 # ============================================================================ options and results
 
 
+# Beam-search settings that a checkpoint can carry (``generation`` in its config.json: what
+# its training validated with) and the built-in values used when neither it nor the caller sets them.
+DECODE_DEFAULTS: dict[str, Any] = {"num_beams": 3, "max_length": 20, "min_length": 0, "length_penalty": 1.0,
+                                   "no_repeat_ngram_size": 0}
+
+
 @dataclass
 class CaptionOptions:
     """Caption decoding settings (see :meth:`calmcap.models.decoder.CaptionDecoder.generate`).
 
     ``max_length`` / ``min_length`` count generated tokens. ``do_sample`` switches from beam
     search to nucleus sampling (``top_p``, ``temperature``); ``num_return_sequences`` keeps
-    that many beams (or samples) per video, best first.
+    that many beams (or samples) per video, best first. A beam setting left at ``None`` takes
+    the checkpoint's own (:meth:`resolve`; the embedded benchmark's model decodes up to 40
+    pieces), else :data:`DECODE_DEFAULTS`.
     """
 
-    num_beams: int = 3
-    max_length: int = 20
-    min_length: int = 0
-    length_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
+    num_beams: int | None = None
+    max_length: int | None = None
+    min_length: int | None = None
+    length_penalty: float | None = None
+    no_repeat_ngram_size: int | None = None
     do_sample: bool = False
     top_p: float = 1.0
     temperature: float = 1.0
     num_return_sequences: int = 1
 
+    def resolve(self, model: Any = None) -> "CaptionOptions":
+        """Every unset beam setting filled from ``model.generation_defaults``, else the built-ins."""
+        defaults = {**DECODE_DEFAULTS, **(getattr(model, "generation_defaults", None) or {})}
+        return replace(self, **{k: defaults[k] for k in DECODE_DEFAULTS if getattr(self, k) is None}).validate()
+
     def validate(self) -> "CaptionOptions":
-        """Raise :class:`CalmcapError` (one line, naming the option) for impossible settings."""
+        """Raise :class:`CalmcapError` (one line, naming the option) for impossible settings.
+
+        Checks what is set; a check between two settings waits until both are (see :meth:`resolve`).
+        """
+        def given(*names: str) -> bool:
+            return all(getattr(self, n) is not None for n in names)
+
         checks = [
-            (self.num_beams >= 1, f"num_beams must be at least 1, got {self.num_beams}"),
-            (self.max_length >= 1, f"max_length must be at least 1, got {self.max_length}"),
-            (0 <= self.min_length <= self.max_length,
+            (not given("num_beams") or self.num_beams >= 1, f"num_beams must be at least 1, got {self.num_beams}"),
+            (not given("max_length") or self.max_length >= 1, f"max_length must be at least 1, got {self.max_length}"),
+            (not given("min_length") or self.min_length >= 0, f"min_length must be >= 0, got {self.min_length}"),
+            (not given("min_length", "max_length") or self.min_length <= self.max_length,
              f"min_length must be between 0 and max_length ({self.max_length}), got {self.min_length}"),
-            (self.no_repeat_ngram_size >= 0, f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}"),
+            (not given("no_repeat_ngram_size") or self.no_repeat_ngram_size >= 0,
+             f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}"),
             (0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}"),
             (self.temperature > 0.0, f"temperature must be positive, got {self.temperature}"),
             (self.num_return_sequences >= 1, f"num_return_sequences must be at least 1, got {self.num_return_sequences}"),
-            (self.do_sample or self.num_return_sequences <= self.num_beams,
+            (self.do_sample or not given("num_beams") or self.num_return_sequences <= self.num_beams,
              f"num_return_sequences ({self.num_return_sequences}) cannot exceed num_beams ({self.num_beams}) "
              "with beam search; raise num_beams or sample"),
         ]
@@ -106,7 +127,10 @@ class CaptionOptions:
         return self
 
     def generate_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :meth:`CALMModel.generate`."""
+        """Keyword arguments for :meth:`CALMModel.generate` (resolve against the model first)."""
+        unset = [k for k in DECODE_DEFAULTS if getattr(self, k) is None]
+        if unset:
+            raise ValueError(f"unresolved decoding settings {unset}: call resolve(model) first")
         return asdict(self)
 
 
@@ -621,7 +645,7 @@ def iter_captions(
             good = [c for c in group if c.error is None]
             captions: dict[int, CaptionResult] = {}
             if good:
-                for clip, result in zip(good, _caption_batch(loaded, good, options, stats)):
+                for clip, result in zip(good, _caption_batch(loaded, good, options.resolve(loaded), stats)):
                     captions[clip.index] = result
             for clip in group:
                 result = captions.get(clip.index) or CaptionResult(video=clip.path, error=clip.error)
@@ -761,11 +785,13 @@ def evaluate_checkpoint(
     if decode.do_sample or decode.num_return_sequences != 1:
         raise CalmcapError("evaluation decodes deterministically with one caption per video (no sampling)")
     loaded = load_model(model, device)
+    decode = decode.resolve(loaded)
     frames, image_size = _frame_settings(loaded, num_frames)
     identity = model_identity(loaded)
     report = BenchmarkReport(model=identity, settings={
         "batch_size": batch_size, "num_frames": frames, "image_size": image_size, "device": str(device),
         "captioning": captioning, "retrieval": retrieval, "max_videos": max_videos,
+        "decode": {k: getattr(decode, k) for k in DECODE_DEFAULTS} if captioning else None,
     })
     for spec in specs:
         manifest_arg, split_names, *named = spec
@@ -784,14 +810,10 @@ def evaluate_checkpoint(
                 result = evaluate(
                     loaded, dataset, batch_size=batch_size, num_workers=num_workers, captioning=captioning,
                     retrieval=retrieval, use_java=use_java, meteor=meteor, progress=progress,
-                    decode=DecodeOptions(num_beams=decode.num_beams, max_length=decode.max_length,
-                                         min_length=decode.min_length, length_penalty=decode.length_penalty,
-                                         no_repeat_ngram_size=decode.no_repeat_ngram_size),
+                    decode=DecodeOptions(**{k: getattr(decode, k) for k in DECODE_DEFAULTS}),
                 )
-            except RuntimeError as error:
-                if "could be decoded" in str(error):
-                    raise CalmcapError(f"{manifest} split {split}: no video could be decoded") from None
-                raise
+            except CalmcapError as error:  # name the manifest and split the one-line error is about
+                raise CalmcapError(f"{manifest} split {split}: {error}") from None
             data_id = data_identity(manifest, split, total, len(entries))
             if named and named[0]:
                 data_id["name"] = str(named[0])
@@ -1160,7 +1182,7 @@ def explain_video(
             predicted = loaded.vae(video_dist[None], sample=False)["text_logprob_hat"][0].exp().float()
         source = "given"
         if caption is None or not caption.strip():
-            out = loaded.generate(frame_features=features, video_mask=mask, **(options or CaptionOptions()).validate().generate_kwargs())
+            out = loaded.generate(frame_features=features, video_mask=mask, **(options or CaptionOptions()).resolve(loaded).generate_kwargs())
             caption, source = out["captions"][0], "generated"
         text_dist = loaded.text_distribution(loaded.encode_text_raw(loaded.tokenize_text([caption])))[0].float()
     labels = loaded.labels

@@ -17,6 +17,7 @@ resolved run config), ``tokenizer.model``, ``metrics.jsonl``, ``curves.png``,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -143,6 +144,8 @@ def train(args: argparse.Namespace) -> int:
     tokenizer = build_tokenizer(cfg, accelerator, out)
     set_seed(cfg.seed)  # the model's init does not depend on what preparation consumed
     model = build_model(cfg, tokenizer)
+    if captioning:  # exported checkpoints decode as validation did unless a caller says otherwise
+        model.generation_defaults = dataclasses.asdict(cfg.eval.decode)
     if cfg.train.freeze_image_tower or cfg.data.feature_cache:
         model.clip.visual.requires_grad_(False)
     if cfg.train.freeze_text_tower:

@@ -85,6 +85,24 @@ def test_caption_options_reject_impossible_settings(kwargs, fragment):
     CaptionOptions(do_sample=True, num_return_sequences=4, num_beams=1).validate()  # sampling may return more
 
 
+def test_caption_options_take_the_checkpoints_generation_defaults():
+    from types import SimpleNamespace
+
+    from calmcap.pipeline import DECODE_DEFAULTS, CaptionOptions
+
+    trained = SimpleNamespace(generation_defaults={"max_length": 40, "num_beams": 5})
+    resolved = CaptionOptions().resolve(trained)
+    assert (resolved.max_length, resolved.num_beams, resolved.min_length) == (40, 5, DECODE_DEFAULTS["min_length"])
+    assert CaptionOptions(max_length=12).resolve(trained).max_length == 12  # the caller wins
+    assert CaptionOptions().resolve().max_length == DECODE_DEFAULTS["max_length"]  # no model: built-in
+    # Checks between two settings wait for both: min 30 is fine under the model's 40, not under 20.
+    CaptionOptions(min_length=30).validate().resolve(trained)
+    with pytest.raises(CalmcapError, match="min_length"):
+        CaptionOptions(min_length=30).resolve()
+    with pytest.raises(ValueError, match="resolve"):
+        CaptionOptions().generate_kwargs()
+
+
 def test_model_resolution_order(tmp_path, monkeypatch):
     from calmcap.pipeline import DEFAULT_MODEL_DIR, MODEL_ENV, resolve_model_path
 
@@ -142,6 +160,23 @@ def test_caption_videos_order_errors_overlap_and_stats(tiny_checkpoint, synth_sm
     assert caption_video(good[0], tiny_checkpoint, options=options) == overlapped[0].caption
     with pytest.raises(VideoDecodeError, match="broken.mp4"):
         caption_video(broken, tiny_checkpoint)
+
+
+def test_captions_decode_as_the_checkpoint_says_unless_told_otherwise(make_model, synth_small, tmp_path):
+    from calmcap.models.calm import CALMModel
+    from calmcap.pipeline import CaptionOptions, caption_videos, evaluate_checkpoint
+
+    model = make_model(seed=0)
+    model.generation_defaults = {"num_beams": 1, "max_length": 2}
+    path = model.save_pretrained(tmp_path / "model")
+    assert CALMModel.from_pretrained(path).generation_defaults == {"num_beams": 1, "max_length": 2}
+    videos = manifest_videos(synth_small, "test")[:2]
+    short = caption_videos(videos, path)
+    longer = caption_videos(videos, path, options=CaptionOptions(max_length=8))
+    assert all(len(r.caption.split()) <= 2 for r in short)
+    assert max(len(r.caption.split()) for r in longer) > 2
+    report = evaluate_checkpoint(path, synth_small, ["test"], retrieval=False, use_java=False, max_videos=2)
+    assert report.settings["decode"]["max_length"] == 2 and report.settings["decode"]["num_beams"] == 1
 
 
 def test_caption_equals_evaluation_caption(tiny_checkpoint, synth_small):

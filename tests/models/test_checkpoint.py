@@ -1,5 +1,6 @@
 import json
 import pickle
+import re
 
 import pytest
 import torch
@@ -151,3 +152,19 @@ def test_local_safetensors_weights(tmp_path):
     loaded = build_clip(ClipConfig(arch="calmcap-tiny-clip", pretrained=str(tmp_path / "w.safetensors")), 64)
     for key, value in reference.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("generation, fragment", [
+    ({"max_len": 40}, "unknown generation setting 'max_len'"),
+    ({"max_length": "40"}, "'max_length' must be int"),
+    ({"num_beams": 2.5}, "'num_beams' must be int"),
+    ([40], "must be an object"),
+])
+def test_bad_generation_settings_are_named(saved, tmp_path, generation, fragment):
+    _, path = saved
+    copy = _copy(path, tmp_path)
+    meta = json.loads((copy / "config.json").read_text())
+    meta["generation"] = generation
+    (copy / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=re.escape(fragment)):
+        CALMModel.from_pretrained(copy)

@@ -222,7 +222,8 @@ def test_evaluate_skips_counts_and_lists_bad_videos(model_dir, synth_small, vide
                  "--num-workers", "0", "--no-java", "--no-plots", "--no-progress", *FAST_DECODING])
     assert code == 2
     (line,) = capsys.readouterr().err.splitlines()
-    assert line.startswith(f"calmcap: error: none of the {len(BAD)} videos of the split could be decoded (first: ")
+    assert line.startswith(f"calmcap: error: {only_bad} split test: none of the {len(BAD)} videos of the split "
+                           "could be decoded (first: ")
     assert not (tmp_path / "none" / "report.json").exists()
 
 
