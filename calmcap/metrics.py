@@ -17,9 +17,12 @@ that mimics the PTB one (lower-case, punctuation split off and dropped), and no 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import shutil
+import sys
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -102,6 +105,29 @@ def simple_tokenize(text: str) -> str:
     return " ".join(t for t in tokens if t not in _PUNCTUATION)
 
 
+@contextlib.contextmanager
+def _stderr_to_log():
+    """Catch what child processes (the Java tokenizer) write to stderr: its routine
+    'PTBTokenizer tokenized N tokens at ...' line goes to the debug log, anything else is
+    logged as a warning (so a Java problem is still seen)."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode("utf-8", "replace").splitlines():
+                if line.strip():
+                    level = logging.DEBUG if line.startswith("PTBTokenizer tokenized") else logging.WARNING
+                    logger.log(level, "java tokenizer: %s", line)
+
+
 def tokenize_captions(captions: Mapping[str, Sequence[str]], use_java: bool | None = None) -> dict[str, list[str]]:
     """PTB-tokenise ``{id: [caption, ...]}`` (Java), or the Python stand-in without Java."""
     if use_java is None:
@@ -110,7 +136,8 @@ def tokenize_captions(captions: Mapping[str, Sequence[str]], use_java: bool | No
         return {k: [simple_tokenize(c) for c in v] for k, v in captions.items()}
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    tokenized = PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
+    with _stderr_to_log():
+        tokenized = PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
     # An empty caption at the very end can lose its (empty) output line: restore it.
     return {k: tokenized.get(k, [""] * len(v)) for k, v in captions.items()}
 

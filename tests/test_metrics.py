@@ -118,3 +118,16 @@ def test_perfect_captions_beat_a_constant_caption():
 def test_caption_metric_inputs_must_match():
     with pytest.raises(ValueError, match="ids differ"):
         caption_metrics({"a": "x"}, {"b": ["x"]})
+
+
+def test_java_tokenizer_chatter_goes_to_the_log_not_stderr(capfd, caplog):
+    import logging
+
+    from calmcap.metrics import tokenize_captions
+
+    capfd.readouterr()
+    with caplog.at_level(logging.DEBUG, logger="calmcap.metrics"):
+        tokenized = tokenize_captions({"v1": ["A man, playing."]}, use_java=True)
+    assert tokenized == {"v1": ["a man playing"]}
+    assert "PTBTokenizer" not in capfd.readouterr().err
+    assert any("PTBTokenizer tokenized" in r.getMessage() and r.levelno == logging.DEBUG for r in caplog.records)
