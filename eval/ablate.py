@@ -333,14 +333,17 @@ def main(argv: list[str] | None = None) -> int:
     by_run = results
     results = [{**r, "variant": name} for name, (run, _) in run_of.items() for r in by_run if r["variant"] == run]
     table = aggregate(results, list(variants))
+    run_seconds = sum(r.get("train_seconds", 0.0) for r in by_run)
     (out / "table.json").write_text(json.dumps({"table": table, "wall_seconds": time.time() - started,
+                                                "runs": len(by_run), "run_seconds_total": run_seconds,
                                                 "grids": args.grid, "seeds": args.seeds, "steps": args.steps,
                                                 "shared_runs": shared, "overrides": args.override}, indent=2) + "\n")
     text = markdown(table, shared)
     (out / "table.md").write_text(text)
     plot_gap(table, out / "ood_gap.png")
     print(text)
-    print(f"wall time {time.time() - started:.0f} s; table: {out / 'table.md'}; plot: {out / 'ood_gap.png'}")
+    print(f"wall time {time.time() - started:.0f} s ({len(by_run)} runs took {run_seconds:.0f} s together, "
+          f"train + evaluate); table: {out / 'table.md'}; plot: {out / 'ood_gap.png'}")
     return 0
 
 
