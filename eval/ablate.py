@@ -7,11 +7,12 @@ Each run trains ``recipes/train_caption.py`` with the base config plus the run's
 then evaluates its model on the in-domain ``test`` and the out-of-domain ``test_ood`` splits.
 Runs go ``--parallel`` at a time (each with its share of the cores), and the runner resumes:
 a run whose ``results.json`` exists is not repeated, and an interrupted run resumes from its
-last checkpoint. The table (``table.md``, ``table.json``) gives, per variant, the mean and
+last checkpoint. The table (``table-<grids>.md`` and ``.json``, e.g. ``table-main.md``, so
+studies of other grids into the same ``--out`` share runs, not tables) gives, per variant, the mean and
 standard deviation over seeds of each metric on both splits, the difference to the baseline
 and whether it exceeds the seed noise (Welch's t-test over the seeds, two-sided p < 0.05;
 with 3 seeds a difference needs roughly 3-4 standard errors to pass),
-and ``ood_gap.png`` plots out-of-domain minus in-domain score per variant.
+and ``ood_gap-<grids>.png`` plots out-of-domain minus in-domain score per variant.
 """
 
 from __future__ import annotations
@@ -347,16 +348,18 @@ def main(argv: list[str] | None = None) -> int:
     results = [{**r, "variant": name} for name, (run, _) in run_of.items() for r in by_run if r["variant"] == run]
     table = aggregate(results, list(variants))
     run_seconds = sum(r.get("train_seconds", 0.0) for r in by_run)
-    (out / "table.json").write_text(json.dumps({"table": table, "wall_seconds": time.time() - started,
+    stem = "-".join(args.grid)
+    table_json, table_md, plot_png = out / f"table-{stem}.json", out / f"table-{stem}.md", out / f"ood_gap-{stem}.png"
+    table_json.write_text(json.dumps({"table": table, "wall_seconds": time.time() - started,
                                                 "runs": len(by_run), "run_seconds_total": run_seconds,
                                                 "grids": args.grid, "seeds": args.seeds, "steps": args.steps,
                                                 "shared_runs": shared, "overrides": args.override}, indent=2) + "\n")
     text = markdown(table, shared)
-    (out / "table.md").write_text(text)
-    plot_gap(table, out / "ood_gap.png")
+    table_md.write_text(text)
+    plot_gap(table, plot_png)
     print(text)
     print(f"wall time {time.time() - started:.0f} s ({len(by_run)} runs took {run_seconds:.0f} s together, "
-          f"train + evaluate); table: {out / 'table.md'}; plot: {out / 'ood_gap.png'}")
+          f"train + evaluate); table: {table_md}; plot: {plot_png}")
     return 0
 
 

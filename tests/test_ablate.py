@@ -20,7 +20,7 @@ def test_ablation_runner_end_to_end_and_resume(synth_small, tmp_path):
     ]
     first = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    table = json.loads((out / "table.json").read_text())["table"]
+    table = json.loads((out / "table-main.json").read_text())["table"]
     assert set(table) == {"baseline", "calm-vae"}
     for label in ("in-domain", "out-of-domain"):
         cell = table["calm-vae"][f"{label}/t2v/R@1"]
@@ -32,15 +32,16 @@ def test_ablation_runner_end_to_end_and_resume(synth_small, tmp_path):
     # The anchor branch's state at the last step is tabulated for CALM, absent for the baseline.
     assert 0.0 <= table["calm-vae"]["training/anchor/text_top_share"]["mean"] <= 1.0
     assert not any(key.startswith("training/") for key in table["baseline"])
-    assert (out / "table.md").read_text().count("| calm-vae |") == 2
-    assert (out / "ood_gap.png").stat().st_size > 0
+    text = (out / "table-main.md").read_text()
+    assert text.count("| calm-vae |") == 3 and "### anchor branch at the last training step" in text  # in, out, anchors
+    assert (out / "ood_gap-main.png").stat().st_size > 0
 
     # A second invocation finds every run finished and trains nothing.
     logs = {p: p.stat().st_size for p in out.glob("*.log")}
     second = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert second.returncode == 0, second.stderr[-3000:]
     assert {p: p.stat().st_size for p in out.glob("*.log")} == logs
-    assert json.loads((out / "table.json").read_text())["table"] == table
+    assert json.loads((out / "table-main.json").read_text())["table"] == table
 
 
 def _ablate_module():
