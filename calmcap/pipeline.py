@@ -554,6 +554,15 @@ def _batches(clips: Iterable[DecodedClip], batch_size: int) -> Iterator[list[Dec
         yield pending
 
 
+def _encode_video(model: "CALMModel", video: PathLike, num_frames: int | None) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Frame features [1, T, D] and mask [1, T] of one video file; VideoDecodeError if unreadable."""
+    frames, image_size = _frame_settings(model, num_frames)
+    clip = decode_clip(video, frames, image_size)
+    if clip.error is not None:
+        raise VideoDecodeError(str(video), clip.error)
+    return _encode_frames(model, [clip], None)
+
+
 def _encode_frames(model: "CALMModel", clips: list[DecodedClip], stats: PipelineStats | None) -> tuple["torch.Tensor", "torch.Tensor"]:
     """Frame features [B, T, D] and mask [B, T] of decodable clips (image tower)."""
     import torch
@@ -1093,11 +1102,7 @@ def rank_sentences(
     if not sentences:
         raise CalmcapError("no sentences to rank")
     loaded = load_model(model, device)
-    frames, image_size = _frame_settings(loaded, num_frames)
-    clip = decode_clip(video, frames, image_size)
-    if clip.error is not None:
-        raise VideoDecodeError(str(video), clip.error)
-    features, mask = _encode_frames(loaded, [clip], None)
+    features, mask = _encode_video(loaded, video, num_frames)
     with torch.inference_mode():
         v = loaded.fuse(features, mask).float()
         texts = torch.cat([loaded.encode_text(sentences[i : i + 256]).float() for i in range(0, len(sentences), 256)])
@@ -1170,11 +1175,7 @@ def explain_video(
         raise CalmcapError(f"top_k must be at least 1, got {top_k}")
     if out_png is not None and Path(out_png).suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
         raise CalmcapError(f"{out_png}: the chart is written as .png, .pdf, .svg or .jpg; name the file accordingly")
-    frames, image_size = _frame_settings(loaded, num_frames)
-    clip = decode_clip(video, frames, image_size)
-    if clip.error is not None:
-        raise VideoDecodeError(str(video), clip.error)
-    features, mask = _encode_frames(loaded, [clip], None)
+    features, mask = _encode_video(loaded, video, num_frames)
     with torch.inference_mode():
         video_dist = loaded.video_distribution(features, mask)[0].float()
         predicted = None
