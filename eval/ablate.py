@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifest", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.evaluate_run:
-        evaluate_run(args.evaluate_run, args.manifest, args.__dict__.get("eval_max_videos") or 0)
+        evaluate_run(args.evaluate_run, args.manifest, args.eval_max_videos or 0)
         return 0
 
     variants: dict[str, list[str]] = {}
