@@ -87,14 +87,11 @@ def model_key(model_name: str, overrides: list[str]) -> str:
     return json.dumps(data, sort_keys=True)
 
 
-def base_model_name(args: argparse.Namespace) -> str:
-    import yaml
+def base_config(args: argparse.Namespace):
+    """The recipe config every run starts from: ``--config`` with the ``--override`` items."""
+    from calmcap.train_config import load_train_config
 
-    name = yaml.safe_load(Path(args.config).read_text()).get("model", {}).get("name", "calmcap-tiny")
-    for item in args.override:
-        if item.startswith("model.name="):
-            name = item.split("=", 1)[1]
-    return name
+    return load_train_config(args.config, args.override)
 
 
 def train_and_evaluate(args: argparse.Namespace, variant: str, overrides: list[str], seed: int, threads: int) -> dict:
@@ -128,14 +125,7 @@ def train_and_evaluate(args: argparse.Namespace, variant: str, overrides: list[s
 
 
 def manifest_of(args: argparse.Namespace) -> Path:
-    import yaml
-
-    data = yaml.safe_load(Path(args.config).read_text())
-    manifest = data.get("data", {}).get("manifest", "data/synth/manifest.jsonl")
-    for item in args.override:
-        if item.startswith("data.manifest="):
-            manifest = item.split("=", 1)[1]
-    path = Path(manifest)
+    path = Path(base_config(args).data.manifest)
     return path if path.is_absolute() else REPO / path
 
 
@@ -316,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     # one (K=157 is the default CALM, K=0 is the baseline) reads that run's results.
     # Runs are named after the first variant of all grids (in GRIDS order) that resolves
     # alike, so separate invocations into one --out share them too.
-    model_name = base_model_name(args)
+    model_name = base_config(args).model.name
     first_of_key: dict[str, tuple[str, list[str]]] = {}
     for grid in GRIDS.values():
         for name, overrides in grid.items():
