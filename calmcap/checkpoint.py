@@ -20,6 +20,7 @@ Layout::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 from calmcap import __version__
-from calmcap.config import CONFIG_FORMAT_VERSION, ModelConfig, from_dict
+from calmcap.config import CONFIG_FORMAT_VERSION, DecodeOptions, ModelConfig, from_dict
 from calmcap.errors import CheckpointError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -119,14 +120,13 @@ def save_pretrained(model: "CALMModel", path: str | os.PathLike) -> Path:  # noq
 
 def check_generation(settings: object, where: str) -> dict:
     """Validate saved beam-search settings: known names, numbers of the right kind."""
-    from calmcap.pipeline import DECODE_DEFAULTS
-
+    defaults = dataclasses.asdict(DecodeOptions())
     if not isinstance(settings, dict):
         raise CheckpointError(f"{where}: 'generation' must be an object of decoding settings")
     for key, value in settings.items():
-        if key not in DECODE_DEFAULTS:
-            raise CheckpointError(f"{where}: unknown generation setting {key!r} (known: {', '.join(DECODE_DEFAULTS)})")
-        kind = type(DECODE_DEFAULTS[key])
+        if key not in defaults:
+            raise CheckpointError(f"{where}: unknown generation setting {key!r} (known: {', '.join(defaults)})")
+        kind = type(defaults[key])
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
             raise CheckpointError(f"{where}: generation setting {key!r} must be {kind.__name__}, got {value!r}")
     return settings

@@ -293,6 +293,18 @@ class ModelConfig:
         return to_dict(self)
 
 
+@dataclass
+class DecodeOptions:
+    """Caption decoding settings (see :meth:`CaptionDecoder.generate`): a recipe's
+    ``eval.decode``, a checkpoint's ``generation``, and the built-in defaults of both."""
+
+    num_beams: int = 3
+    max_length: int = 20
+    min_length: int = 0
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+
+
 def list_models() -> list[str]:
     """Names of the architectures shipped in ``calmcap/model_configs``."""
     return sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.json"))

@@ -20,22 +20,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from calmcap.config import DecodeOptions  # noqa: F401  (re-exported: evaluate(decode=...))
 from calmcap.data.dataset import Collator, VideoCaptionDataset
 from calmcap.metrics import RETRIEVAL_PROTOCOL, caption_metrics, retrieval_metrics
 from calmcap.tokenizer import PAD_ID
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class DecodeOptions:
-    """Caption decoding settings (see :meth:`CaptionDecoder.generate`)."""
-
-    num_beams: int = 3
-    max_length: int = 20
-    min_length: int = 0
-    length_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
 
 
 @dataclass

@@ -36,6 +36,7 @@ from glob import glob, has_magic
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, Union
 
+from calmcap.config import DecodeOptions
 from calmcap.errors import CalmcapError, VideoDecodeError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -68,8 +69,7 @@ VIDEO_EXTENSIONS = frozenset(
 
 # Beam-search settings that a checkpoint can carry (``generation`` in its config.json: what
 # its training validated with) and the built-in values used when neither it nor the caller sets them.
-DECODE_DEFAULTS: dict[str, Any] = {"num_beams": 3, "max_length": 20, "min_length": 0, "length_penalty": 1.0,
-                                   "no_repeat_ngram_size": 0}
+DECODE_DEFAULTS: dict[str, Any] = asdict(DecodeOptions())
 
 
 @dataclass
@@ -775,7 +775,7 @@ def evaluate_checkpoint(
     """
     from calmcap.data.dataset import VideoCaptionDataset
     from calmcap.data.manifest import read_manifest
-    from calmcap.evaluation import DecodeOptions, evaluate
+    from calmcap.evaluation import evaluate
     from calmcap.reports import BenchmarkReport, EvalRow, data_identity, model_identity
 
     if isinstance(data, (str, os.PathLike)):

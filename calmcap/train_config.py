@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from calmcap.config import apply_overrides, from_dict, to_dict
+from calmcap.config import DecodeOptions, apply_overrides, from_dict, to_dict
 from calmcap.errors import ConfigError
-from calmcap.evaluation import DecodeOptions
 from calmcap.losses import LossWeights
 
 
