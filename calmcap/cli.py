@@ -228,7 +228,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     _out(report.summary_table())
     bad = sum(len(r.bad_videos) for r in report.rows)
     if bad:
-        _err(f"{bad} video(s) could not be decoded and were left out; report.md lists them")
+        _err(f"{bad} video(s) could not be decoded: not captioned, and ranked last in retrieval (misses); "
+             "report.md lists them")
     names = sorted({p.name for p in report.files.values()}, key=lambda n: (not n.startswith("report"), n))
     _out(f"wrote {', '.join(names)} to {args.out}")
     return 0

@@ -6,8 +6,14 @@ that even batching duplicated, and results are put back in dataset order by item
 before anything is scored (DESIGN.md section 5). Metrics are computed once, on the main
 process, and shared with the others.
 
-Videos that cannot be decoded are dropped together with their captions, counted, and listed
-in the result (``bad_videos``); the evaluation completes.
+Videos that cannot be decoded are counted and listed in the result (``bad_videos``) and the
+evaluation completes. They are not captioned (caption metrics cover the decoded videos), but
+they stay in the retrieval gallery as misses: ranked last for every caption, so their own
+captions miss in t2v and the video itself misses as a v2t query (:func:`calmcap.metrics.rank_last`;
+dropping them would shrink the gallery and raise R@K, issue #12).
+
+Where the manifest holds each video's attributes (the embedded benchmark), the captions are
+also scored for naming them (:mod:`calmcap.attributes`, ``attr/*`` metrics).
 """
 
 from __future__ import annotations
@@ -20,9 +26,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from calmcap.attributes import ATTRIBUTE_PROTOCOL, attribute_accuracy, has_ground_truth
 from calmcap.config import DecodeOptions  # noqa: F401  (re-exported: evaluate(decode=...))
 from calmcap.data.dataset import Collator, VideoCaptionDataset
-from calmcap.metrics import RETRIEVAL_PROTOCOL, caption_metrics, retrieval_metrics
+from calmcap.metrics import (
+    RETRIEVAL_PROTOCOL,
+    caption_metrics,
+    chance_recall,
+    rank_last,
+    retrieval_metrics,
+    t2v_ranks,
+    v2t_ranks,
+)
 from calmcap.tokenizer import PAD_ID
 
 logger = logging.getLogger(__name__)
@@ -40,6 +55,8 @@ class EvalResult:
     v2t_ranks: list[int] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     protocol: dict[str, Any] = field(default_factory=dict)
+    # A random ranker's R@K on the same gallery (percent, keys like ``t2v/R@1``).
+    chance: dict[str, float] = field(default_factory=dict)
 
 
 class _Texts(Dataset):
@@ -190,35 +207,40 @@ def _score(
     use_java: bool | None,
     meteor: bool,
 ) -> EvalResult:
+    is_valid = np.asarray(is_valid, dtype=bool)
     keep = np.flatnonzero(is_valid)
-    remap = {int(v): i for i, v in enumerate(keep)}
+    undecodable = np.flatnonzero(~is_valid)
     result = EvalResult(metrics={}, bad_videos=sorted(bad_videos))
-    result.counts = {
-        "videos": int(len(keep)),
-        "videos_skipped": int(len(is_valid) - len(keep)),
-        "captions": int(sum(1 for o in owners if o in remap)),
-    }
+    # ``videos`` and ``captions`` are the retrieval gallery (every video of the split); the
+    # ``videos_skipped`` undecodable ones are in it as misses and are not captioned.
+    result.counts = {"videos": len(is_valid), "videos_skipped": len(undecodable), "captions": len(owners)}
     if len(keep) == 0:
         from calmcap.errors import CalmcapError
 
         first = bad_videos[0] if bad_videos else "no readable video"
         raise CalmcapError(f"none of the {len(is_valid)} videos of the split could be decoded (first: {first})")
     if text_embeds is not None:
-        text_keep = [i for i, o in enumerate(owners) if o in remap]
-        similarity = (text_embeds[text_keep] @ video_embeds[torch.from_numpy(keep).to(video_embeds.device)].t()).cpu().numpy()
-        text_to_video = [remap[owners[i]] for i in text_keep]
-        from calmcap.metrics import t2v_ranks, v2t_ranks
-
-        result.metrics.update(retrieval_metrics(similarity, text_to_video))
-        result.t2v_ranks = t2v_ranks(similarity, text_to_video).tolist()
-        result.v2t_ranks = v2t_ranks(similarity, text_to_video).tolist()
+        similarity = rank_last((text_embeds @ video_embeds.t()).cpu().numpy(), undecodable)
+        result.metrics.update(retrieval_metrics(similarity, owners))
+        result.t2v_ranks = t2v_ranks(similarity, owners).tolist()
+        result.v2t_ranks = v2t_ranks(similarity, owners).tolist()
         result.protocol["retrieval"] = dict(RETRIEVAL_PROTOCOL)
+        captions_per_video = np.bincount(np.asarray(owners, dtype=np.int64), minlength=len(is_valid))
+        for k in (1, 5, 10):
+            t2v, v2t = chance_recall(captions_per_video.tolist(), k)
+            result.chance[f"t2v/R@{k}"], result.chance[f"v2t/R@{k}"] = 100.0 * t2v, 100.0 * v2t
     if sequences is not None:
         if tokenizer is None:
             raise ValueError("captioning needs the model's caption tokenizer")
+        truths = {}
         for v in keep:
             entry = dataset.entries[int(v)]
             result.predictions[entry.video_id] = tokenizer.decode(sequences[int(v)].tolist())
             result.references[entry.video_id] = list(entry.captions)
+            if has_ground_truth(entry.extra):
+                truths[entry.video_id] = entry.extra
         result.metrics.update(caption_metrics(result.predictions, result.references, use_java=use_java, meteor=meteor))
+        if truths:
+            result.metrics.update(attribute_accuracy(result.predictions, truths))
+            result.protocol["attributes"] = {"videos": len(truths), "rule": ATTRIBUTE_PROTOCOL}
     return result

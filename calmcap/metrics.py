@@ -1,4 +1,4 @@
-"""Evaluation metrics: text-video retrieval (Recall@K, median and mean rank) and captioning.
+"""Evaluation metrics: text-video retrieval (Recall@K, median and mean rank, chance) and captioning.
 
 Retrieval conventions (stated in every report, DESIGN.md section 5):
 
@@ -8,6 +8,9 @@ Retrieval conventions (stated in every report, DESIGN.md section 5):
   its *best-ranked* correct caption among all captions (the usual multi-caption convention).
 * Ties count against the model: the rank is the number of candidates scoring at least as high
   as the correct one (a constant scorer gets the worst rank, never the best).
+* A video that cannot be decoded stays in the gallery as a miss (:func:`rank_last`).
+* Chance (:func:`chance_recall`) follows the same conventions: v2t R@1 is the chance that one of
+  a video's own captions comes first, ``mean_v(n_v) / N_captions``.
 
 Caption metrics are pycocoevalcap's scorers called directly (BLEU-1..4, METEOR, ROUGE-L,
 CIDEr; x100 as in papers) after its PTB tokenizer. SPICE needs a download and is not run.
@@ -34,11 +37,17 @@ T2V_R1, T2V_R5, T2V_R10, T2V_MDR, T2V_MNR = "t2v/R@1", "t2v/R@5", "t2v/R@10", "t
 V2T_R1, V2T_R5, V2T_R10, V2T_MDR, V2T_MNR = "v2t/R@1", "v2t/R@5", "v2t/R@10", "v2t/MdR", "v2t/MnR"
 BLEU_1, BLEU_2, BLEU_3, BLEU_4 = "caption/BLEU-1", "caption/BLEU-2", "caption/BLEU-3", "caption/BLEU-4"
 METEOR, ROUGE_L, CIDER = "caption/METEOR", "caption/ROUGE-L", "caption/CIDEr"
+# Attribute accuracy of generated captions (percent; calmcap.attributes), for data whose manifest
+# holds the ground truth (the embedded benchmark).
+ATTR_SHAPE, ATTR_COLOUR, ATTR_SIZE, ATTR_ACTION = "attr/shape", "attr/colour", "attr/size", "attr/action"
+ATTR_ALL = "attr/all"
 
 RETRIEVAL_PROTOCOL = {
     "t2v": "each caption ranks all videos; rank of its own video",
     "v2t": "each video ranks all captions; rank of its best-ranked correct caption",
     "ties": "pessimistic: rank = number of candidates scoring >= the correct one",
+    "undecodable": "a video that cannot be decoded stays in the gallery ranked last for every caption: "
+                   "its captions (t2v) and the video as a query (v2t) count as misses; it is not captioned",
     "recall_unit": "percent",
 }
 
@@ -75,6 +84,54 @@ def v2t_ranks(similarity: np.ndarray, text_to_video: Sequence[int]) -> np.ndarra
         missing = int(np.flatnonzero(np.isinf(best))[0])
         raise ValueError(f"video {missing} has no caption; v2t needs at least one per video")
     return (scores >= best[:, None]).sum(axis=1)
+
+
+def rank_last(similarity: np.ndarray, videos: Sequence[int]) -> np.ndarray:
+    """A copy of ``similarity [num_texts, num_videos]`` in which the ``videos`` columns score
+    below every other entry, so that every caption ranks those videos last.
+
+    How evaluation scores videos it cannot decode (issue #12): they stay in the gallery as
+    misses instead of being dropped, which would shrink the gallery and raise R@K. With the
+    pessimistic tie rule such a video's own captions rank it at ``num_videos``, and as a v2t
+    query it ties with every caption and ranks its best one at ``num_texts``.
+    """
+    out = np.array(similarity, dtype=np.float64)
+    videos = np.asarray(videos, dtype=np.int64)
+    if videos.size:
+        keep = np.setdiff1d(np.arange(out.shape[1]), videos)
+        floor = out[:, keep].min() - 1.0 if keep.size and out.shape[0] else 0.0
+        out[:, videos] = floor
+    return out
+
+
+def hit_probability(num_candidates: int, num_correct: int, k: int) -> float:
+    """P(at least one of ``num_correct`` items is in the top ``k`` of ``num_candidates`` items
+    ranked in random order), the hypergeometric complement."""
+    if k >= num_candidates:
+        return 1.0
+    miss = 1.0
+    for i in range(k):
+        miss *= (num_candidates - num_correct - i) / (num_candidates - i)
+        if miss <= 0.0:
+            return 1.0
+    return 1.0 - miss
+
+
+def chance_recall(captions_per_video: Sequence[int], k: int) -> tuple[float, float]:
+    """Expected t2v and v2t R@k (fractions) of a random ranker under this module's conventions.
+
+    ``captions_per_video[v]`` is ``n_v``; ``N = sum(n_v)`` captions, ``V`` videos. t2v: each
+    caption's one video among ``V``, ``min(1, k / V)``. v2t: a video counts its best-ranked own
+    caption, so it scores if any of its ``n_v`` lands in the top k of ``N``, averaged over
+    videos; for k = 1 that is ``mean_v(n_v) / N`` (= 1/V), not ``1 / N``.
+    """
+    counts = [int(n) for n in captions_per_video]
+    if not counts:
+        raise ValueError("no videos")
+    num_captions = sum(counts)
+    t2v = min(1.0, k / len(counts))
+    v2t = float(np.mean([hit_probability(num_captions, n, k) for n in counts]))
+    return t2v, v2t
 
 
 def retrieval_metrics(similarity: np.ndarray, text_to_video: Sequence[int]) -> dict[str, float]:

@@ -9,11 +9,13 @@ Files written by :meth:`BenchmarkReport.write` into the output folder:
 * ``report.json``: format ``calmcap-eval-report`` v1. ``model`` (checkpoint path, config
   name, sha256 of ``model.safetensors``), ``settings``, and per row ``data`` (manifest path +
   sha256, split), ``metrics`` (fixed keys of :mod:`calmcap.metrics`: ``caption/CIDEr``,
-  ``t2v/R@1``, ...; x100 / percent), ``counts``, ``protocol`` (frame sampling, decoding, the
-  t2v and v2t conventions incl. multi-caption handling, caption scorer), ``bad_videos``,
-  ``ranks`` (``t2v`` per caption, ``v2t`` per video: every retrieval metric can be recomputed)
-  and the name of its predictions file.
-* ``report.md``: the cross-domain tables, protocol, data identity, plots, sample captions.
+  ``t2v/R@1``, ``attr/shape``, ...; x100 / percent), ``chance`` (a random ranker's R@K on the
+  same gallery), ``counts``, ``protocol`` (frame sampling, decoding, the t2v and v2t conventions
+  incl. multi-caption handling and undecodable videos, caption scorer, attribute parsing),
+  ``bad_videos``, ``ranks`` (``t2v`` per caption, ``v2t`` per video: every retrieval metric can
+  be recomputed) and the name of its predictions file.
+* ``report.md``: the cross-domain tables, attribute accuracy, protocol, data identity, plots,
+  sample captions.
 * predictions, COCO style ``[{"image_id": video_id, "caption": ...}]``: ``predictions.json``
   for a single row; ``predictions-<data>-<split>.json`` per row when there are several
   (video ids of different datasets may collide, so they are never mixed in one file).
@@ -38,7 +40,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from calmcap import __version__
 from calmcap.metrics import (
-    BLEU_1, BLEU_2, BLEU_3, BLEU_4, CIDER, METEOR, RETRIEVAL_PROTOCOL, ROUGE_L,
+    ATTR_ACTION, ATTR_ALL, ATTR_COLOUR, ATTR_SHAPE, ATTR_SIZE, BLEU_1, BLEU_2, BLEU_3, BLEU_4, CIDER, METEOR,
+    RETRIEVAL_PROTOCOL, ROUGE_L,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -60,6 +63,9 @@ CAPTION_COLUMNS: list[tuple[str, str]] = [
     (METEOR, "METEOR"), (ROUGE_L, "ROUGE-L"), (CIDER, "CIDEr"),
 ]
 RETRIEVAL_STATS = ("R@1", "R@5", "R@10", "MdR", "MnR")
+ATTRIBUTE_COLUMNS: list[tuple[str, str]] = [
+    (ATTR_SHAPE, "shape"), (ATTR_COLOUR, "colour"), (ATTR_SIZE, "size"), (ATTR_ACTION, "action"), (ATTR_ALL, "all 4"),
+]
 
 
 # ============================================================================ identities
@@ -183,6 +189,7 @@ class EvalRow:
     v2t_ranks: list[int] = field(default_factory=list)
     seconds: float = 0.0
     predictions_file: str | None = None
+    chance: dict[str, float] = field(default_factory=dict)  # a random ranker's R@K (percent)
 
     @property
     def label(self) -> str:
@@ -212,12 +219,13 @@ class EvalRow:
             domain=str(domain) if domain is not None else None, bad_videos=list(result.bad_videos),
             predictions=dict(result.predictions), references=dict(result.references),
             t2v_ranks=list(result.t2v_ranks), v2t_ranks=list(result.v2t_ranks), seconds=seconds,
+            chance=dict(result.chance),
         )
 
     def to_json(self) -> dict[str, Any]:
         return {
             "dataset": self.dataset, "split": self.split, "domain": self.domain, "data": self.data,
-            "metrics": self.metrics, "counts": self.counts, "protocol": self.protocol,
+            "metrics": self.metrics, "chance": self.chance, "counts": self.counts, "protocol": self.protocol,
             "bad_videos": self.bad_videos, "predictions_file": self.predictions_file,
             "seconds": round(self.seconds, 3),
             "ranks": {"t2v": self.t2v_ranks, "v2t": self.v2t_ranks},
@@ -254,14 +262,18 @@ class BenchmarkReport:
     # ------------------------------------------------------------------ tables
 
     def summary_table(self, markdown: bool = False) -> str:
-        """The cross-domain table: one row per (data, split); CIDEr/BLEU-4/METEOR/ROUGE-L and R@K / MdR."""
+        """The cross-domain table: one row per (data, split); CIDEr/BLEU-4/METEOR/ROUGE-L, R@K / MdR
+        and, where the data has ground-truth attributes, attribute accuracy (percent)."""
         header = ["data", "split", "domain", "videos"]
         has_caption = any(CIDER in r.metrics for r in self.rows)
         has_retrieval = any("t2v/R@1" in r.metrics for r in self.rows)
+        has_attributes = any(ATTR_ALL in r.metrics for r in self.rows)
         if has_caption:
             header += ["CIDEr", "BLEU-4", "METEOR", "ROUGE-L"]
         if has_retrieval:
             header += ["t2v R@1", "R@5", "R@10", "MdR", "v2t R@1", "R@5", "R@10", "MdR"]
+        if has_attributes:
+            header += [f"attr {name}" for _, name in ATTRIBUTE_COLUMNS]
         body = []
         for r in self.rows:
             line = [r.dataset, r.split, r.domain or "-", str(r.counts.get("videos", "-"))]
@@ -269,6 +281,8 @@ class BenchmarkReport:
                 line += [_fmt(r.metrics.get(k)) for k in (CIDER, BLEU_4, METEOR, ROUGE_L)]
             if has_retrieval:
                 line += [_fmt(r.metrics.get(f"{d}/{s}")) for d in ("t2v", "v2t") for s in ("R@1", "R@5", "R@10", "MdR")]
+            if has_attributes:
+                line += [_fmt(r.metrics.get(k)) for k, _ in ATTRIBUTE_COLUMNS]
             body.append(line)
         return format_table(header, body, markdown=markdown)
 
@@ -292,8 +306,18 @@ class BenchmarkReport:
         if caption_rows:
             lines += ["## Captioning (x100)", "",
                       format_table(["data", "split", "videos"] + [name for _, name in CAPTION_COLUMNS],
-                                   [[r.dataset, r.split, str(r.counts.get("videos"))] + [_fmt(r.metrics.get(k)) for k, _ in CAPTION_COLUMNS]
-                                    for r in caption_rows], markdown=True), ""]
+                                   [[r.dataset, r.split, str(r.counts.get("videos", 0) - r.counts.get("videos_skipped", 0))]
+                                    + [_fmt(r.metrics.get(k)) for k, _ in CAPTION_COLUMNS] for r in caption_rows],
+                                   markdown=True), ""]
+        attribute_rows = [r for r in self.rows if ATTR_ALL in r.metrics]
+        if attribute_rows:
+            lines += ["## Attribute accuracy (%)", "",
+                      ("Share of generated captions that name the video's shape, colour, size, action, and all four "
+                       "(a caption naming two values of an attribute, or none, is wrong for it)."), "",
+                      format_table(["data", "split", "videos scored"] + [name for _, name in ATTRIBUTE_COLUMNS],
+                                   [[r.dataset, r.split, str(r.protocol.get("attributes", {}).get("videos", "-"))]
+                                    + [_fmt(r.metrics.get(k)) for k, _ in ATTRIBUTE_COLUMNS] for r in attribute_rows],
+                                   markdown=True), ""]
         retrieval_rows = [r for r in self.rows if "t2v/R@1" in r.metrics]
         for direction, title, unit in (("t2v", "Text-to-video retrieval", "captions"), ("v2t", "Video-to-text retrieval", "videos")):
             if not retrieval_rows:
@@ -302,7 +326,9 @@ class BenchmarkReport:
             for r in retrieval_rows:
                 queries = r.counts.get("captions") if direction == "t2v" else r.counts.get("videos")
                 candidates = r.counts.get("videos") if direction == "t2v" else r.counts.get("captions")
-                chance = 100.0 / candidates if candidates else float("nan")
+                # calmcap.metrics.chance_recall: for v2t (best of a video's own captions) it is
+                # mean captions per video / #captions, not 1/#captions.
+                chance = r.chance.get(f"{direction}/R@1", float("nan"))
                 body.append([r.dataset, r.split, str(queries), str(candidates)] +
                             [_fmt(r.metrics.get(f"{direction}/{s}")) for s in RETRIEVAL_STATS] + [_fmt(chance, 2)])
             lines += [f"## {title}", "",
@@ -310,6 +336,13 @@ class BenchmarkReport:
                       ""]
         lines += ["## Protocol", ""]
         lines += [f"- **{key}**: {value}" for key, value in RETRIEVAL_PROTOCOL.items()]
+        undecodable = {r.label: r.counts["videos_skipped"] for r in self.rows if r.counts.get("videos_skipped")}
+        if undecodable:
+            per_row = ", ".join(f"{label}: {n}" for label, n in undecodable.items())
+            lines.append(f"- **undecodable videos in this report**: {sum(undecodable.values())} ({per_row}); "
+                         "retrieval scores them as misses, caption metrics cover the decoded videos")
+        if attribute_rows:
+            lines.append(f"- **attribute accuracy**: {attribute_rows[0].protocol['attributes']['rule']}")
         first = self.rows[0].protocol if self.rows else {}
         if first.get("decode"):
             d = first["decode"]
@@ -345,7 +378,7 @@ class BenchmarkReport:
                 lines += [f"All predictions: `{r.predictions_file}`.", ""]
         bad = [(r, v) for r in self.rows for v in r.bad_videos]
         if bad:
-            lines += ["## Undecodable videos (left out of every metric)", ""]
+            lines += ["## Undecodable videos (retrieval misses, not captioned)", ""]
             lines += [f"- {r.label}: {_md(v)}" for r, v in bad[:50]]
             if len(bad) > 50:
                 lines.append(f"- ... and {len(bad) - 50} more (report.json lists them all)")

@@ -92,7 +92,8 @@ def ensure_benchmark(data_dir: Path, num_train: int, seed: int) -> tuple[Path, f
         if meta.get("seed") == seed and meta["splits"]["train"]["num_videos"] == num_train:
             return manifest, None
     start = time.perf_counter()
-    generate_benchmark(data_dir, seed=seed, num_train=num_train, num_val=0, num_test=0, num_test_ood=0, workers=2,
+    generate_benchmark(data_dir, seed=seed, num_train=num_train, num_val=0, num_test=0, num_test_ood=0,
+                       num_test_ood_visual=0, num_test_ood_text=0, workers=2,
                        progress=False, overwrite=True)
     return manifest, time.perf_counter() - start
 

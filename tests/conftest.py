@@ -66,10 +66,12 @@ def tiny_batch(tokenizer):
 
 @pytest.fixture(scope="session")
 def synth_small(tmp_path_factory):
-    """A small embedded benchmark (real H.264 files): 40 train, 7 val, 5 test, 5 test_ood videos."""
+    """A small embedded benchmark (real H.264 files): 40 train, 7 val, 5 test, 5 test_ood videos
+    (and none of test_ood_visual, test_ood_text)."""
     from calmcap.data.synth import generate_benchmark
 
     out = tmp_path_factory.mktemp("synth_small")
     generate_benchmark(out, seed=0, num_train=40, num_val=7, num_test=5, num_test_ood=5,
+                       num_test_ood_visual=0, num_test_ood_text=0,
                        num_frames_per_video=12, workers=1, progress=False)
     return out / "manifest.jsonl"

@@ -193,16 +193,29 @@ def test_a_single_video_command_fails_in_one_line_and_debug_shows_the_traceback(
 
 
 def test_evaluate_skips_counts_and_lists_bad_videos(model_dir, synth_small, video_zoo, tmp_path, capsys):
+    """Bad videos are not captioned, and stay in the retrieval gallery as misses (issue #12)."""
     manifest = _manifest(tmp_path / "with_bad.jsonl", synth_small, video_zoo, "test", {"test": 5})
     out = tmp_path / "report"
     code = main(["evaluate", "--model", model_dir, "--data", str(manifest), "--split", "test", "--out", str(out),
                  "--num-workers", "0", "--batch-size", "8", "--no-java", "--no-plots", "--no-progress", *FAST_DECODING])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert f"{len(BAD)} video(s) could not be decoded and were left out" in captured.err
+    assert f"{len(BAD)} video(s) could not be decoded: not captioned, and ranked last in retrieval" in captured.err
     assert "Traceback" not in captured.err
     (row,) = json.loads((out / "report.json").read_text(encoding="utf-8"))["evaluations"]
-    assert row["counts"]["videos"] == 5 + len(GOOD) and row["counts"]["videos_skipped"] == len(BAD)
+    num_videos, num_captions = 5 + len(GOOD) + len(BAD), 5 * 5 + len(GOOD) + len(BAD)
+    assert row["counts"] == {"videos": num_videos, "videos_skipped": len(BAD), "captions": num_captions}
+    # Each bad video ranks last for its own caption (t2v) and, as a query, ranks its caption last (v2t).
+    ids = [json.loads(line)["video_id"] for line in manifest.read_text(encoding="utf-8").splitlines()]
+    caption_owner = [i for i, line in enumerate(manifest.read_text(encoding="utf-8").splitlines())
+                     for _ in json.loads(line)["captions"]]
+    for name in BAD:
+        v = ids.index(f"zoo_{name}")
+        assert row["ranks"]["v2t"][v] == num_captions
+        assert [row["ranks"]["t2v"][t] for t, owner in enumerate(caption_owner) if owner == v] == [num_videos]
+    assert row["metrics"]["t2v/R@10"] <= 100 * (num_captions - len(BAD)) / num_captions
+    # Attribute accuracy covers the benchmark's videos; the zoo's carry no ground truth.
+    assert row["protocol"]["attributes"]["videos"] == 5
     assert len(row["bad_videos"]) == len(BAD)
     for case in video_zoo.bad:
         (message,) = [m for m in row["bad_videos"] if m.startswith(f"{case.path}: ")]
@@ -213,6 +226,7 @@ def test_evaluate_skips_counts_and_lists_bad_videos(model_dir, synth_small, vide
     assert not {p["image_id"] for p in predictions} & {f"zoo_{name}" for name in BAD}
     report_md = (out / "report.md").read_text(encoding="utf-8")
     assert all(f"{case.path}: " in report_md for case in video_zoo.bad)
+    assert f"**undecodable videos in this report**: {len(BAD)} " in report_md
 
     # A split where nothing decodes has no metrics: one line, no report.
     only_bad = tmp_path / "only_bad.jsonl"
