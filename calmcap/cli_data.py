@@ -35,12 +35,19 @@ from calmcap.data.synth import (
     DEFAULT_NUM_FRAMES,
     DEFAULT_NUM_TEST,
     DEFAULT_NUM_TEST_OOD,
+    DEFAULT_NUM_TEST_OOD_TEXT,
+    DEFAULT_NUM_TEST_OOD_VISUAL,
     DEFAULT_NUM_TRAIN,
     DEFAULT_NUM_VAL,
     DEFAULT_SIZE,
-    SPLIT_DOMAIN,
+    SPLIT_DOMAINS,
     SPLITS,
     generate_benchmark,
+)
+from calmcap.data.pretrain_corpus import (
+    DEFAULT_NUM_VAL as PRETRAIN_NUM_VAL,
+    DEFAULT_NUM_VIDEOS as PRETRAIN_NUM_VIDEOS,
+    generate_pretrain_corpus,
 )
 
 
@@ -53,12 +60,22 @@ def build_synth_parser() -> argparse.ArgumentParser:
         description="Render the embedded shapes-and-actions video-caption benchmark (no download needed).",
     )
     parser.add_argument("out_dir", help="output folder (manifest.jsonl, videos/, concepts.txt, benchmark.json)")
+    parser.add_argument("--corpus", choices=("benchmark", "pretrain"), default="benchmark",
+                        help="benchmark: the train/val/test/test_ood/test_ood_visual/test_ood_text splits (default); pretrain: the pretraining "
+                             "corpus of the same world (splits pretrain, pretrain_val; docs/BENCHMARK_SYNTH.md)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN, help="train videos (default: %(default)s)")
-    parser.add_argument("--num-val", type=int, default=DEFAULT_NUM_VAL, help="val videos (default: %(default)s)")
+    parser.add_argument("--num-videos", type=int, default=PRETRAIN_NUM_VIDEOS,
+                        help="--corpus pretrain: pretraining videos (default: %(default)s)")
+    parser.add_argument("--num-val", type=int, default=None,
+                        help=f"val videos (default: {DEFAULT_NUM_VAL}; {PRETRAIN_NUM_VAL} for --corpus pretrain)")
     parser.add_argument("--num-test", type=int, default=DEFAULT_NUM_TEST, help="in-domain test videos (default: %(default)s)")
     parser.add_argument("--num-test-ood", type=int, default=DEFAULT_NUM_TEST_OOD,
                         help="out-of-domain test videos (default: %(default)s)")
+    parser.add_argument("--num-test-ood-visual", type=int, default=DEFAULT_NUM_TEST_OOD_VISUAL,
+                        help="test videos with domain B rendering and domain A wording (default: %(default)s)")
+    parser.add_argument("--num-test-ood-text", type=int, default=DEFAULT_NUM_TEST_OOD_TEXT,
+                        help="test videos with domain A rendering and domain B wording (default: %(default)s)")
     parser.add_argument("--num-frames", type=int, default=DEFAULT_NUM_FRAMES, help="frames per video (default: %(default)s)")
     parser.add_argument("--fps", type=float, default=DEFAULT_FPS, help="frame rate (default: %(default)s)")
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="frame side in pixels (default: %(default)s)")
@@ -73,21 +90,44 @@ def build_synth_parser() -> argparse.ArgumentParser:
 def synth_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``calmcap synth``; prints a summary and returns the exit status."""
     args = build_synth_parser().parse_args(argv)
+    if args.corpus == "pretrain":
+        return _pretrain_corpus_main(args)
+    if args.num_val is None:
+        args.num_val = DEFAULT_NUM_VAL
     summary = generate_benchmark(
         args.out_dir, seed=args.seed, num_train=args.num_train, num_val=args.num_val, num_test=args.num_test,
-        num_test_ood=args.num_test_ood, num_frames_per_video=args.num_frames, fps=args.fps, size=args.size,
+        num_test_ood=args.num_test_ood, num_test_ood_visual=args.num_test_ood_visual,
+        num_test_ood_text=args.num_test_ood_text, num_frames_per_video=args.num_frames, fps=args.fps, size=args.size,
         captions_per_video=args.captions_per_video, workers=args.workers, progress=not args.no_progress,
         overwrite=args.overwrite,
     )
     total = sum(summary["num_videos"].values())
     print(f"wrote {total} videos to {summary['out_dir']} in {summary['seconds']:.1f} s")
-    print(f"{'split':<9} {'domain':<6} {'videos':>6} {'chance t2v R@1':>15} {'ceiling t2v R@1':>16} {'ceiling v2t R@1':>16}")
+    print(f"{'split':<15} {'pixels':<6} {'words':<5} {'videos':>6} {'chance t2v R@1':>15} {'ceiling t2v R@1':>16} "
+          f"{'ceiling v2t R@1':>16}")
     for split in SPLITS:
         n = summary["num_videos"][split]
         if n == 0:
             continue
-        print(f"{split:<9} {SPLIT_DOMAIN[split]:<6} {n:>6} {summary['chance'][split]['t2v/R@1']:>15.4f} "
+        rendering, wording = SPLIT_DOMAINS[split]
+        print(f"{split:<15} {rendering:<6} {wording:<5} {n:>6} {summary['chance'][split]['t2v/R@1']:>15.4f} "
               f"{summary['ceiling'][split]['t2v/R@1']:>16.4f} {summary['ceiling'][split]['v2t/R@1']:>16.4f}")
+    print(f"manifest: {summary['manifest']}")
+    return 0
+
+
+def _pretrain_corpus_main(args: argparse.Namespace) -> int:
+    summary = generate_pretrain_corpus(
+        args.out_dir, seed=args.seed, num_videos=args.num_videos,
+        num_val=PRETRAIN_NUM_VAL if args.num_val is None else args.num_val, num_frames_per_video=args.num_frames,
+        fps=args.fps, size=args.size, captions_per_video=args.captions_per_video, workers=args.workers,
+        progress=not args.no_progress, overwrite=args.overwrite,
+    )
+    total = sum(summary["num_videos"].values())
+    print(f"wrote a pretraining corpus of {total} videos to {summary['out_dir']} in {summary['seconds']:.1f} s")
+    for split, n in summary["num_videos"].items():
+        print(f"  {split:<13} {n:>7} videos {summary['num_captions'][split]:>8} captions")
+    print("  caption kinds: " + ", ".join(f"{k} {v}" for k, v in summary["caption_kinds"].items()))
     print(f"manifest: {summary['manifest']}")
     return 0
 

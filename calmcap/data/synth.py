@@ -7,9 +7,11 @@ textured *background*. The captions describe the main object only and rarely the
 a video holds more than its captions say: the information imbalance CALM is about.
 
 Splits ``train``, ``val`` and ``test`` come from domain A; ``test_ood`` comes from domain B,
-which shifts the backgrounds (other pattern kinds and tones), the palette (other shades of the
-same colour names), the object sizes (other radii for the same size words), the number of
-distractors, and the caption wording (templates and synonyms reserved for domain B).
+which shifts the rendering (other background kinds and tones, other shades of the same colour
+names, other radii for the same size words, more distractors) and the caption wording
+(templates and synonyms reserved for domain B). ``test_ood_visual`` shifts the rendering alone
+(domain B pictures, domain A words) and ``test_ood_text`` the wording alone (domain A pictures,
+domain B words), so the two halves of the shift can be measured apart (issue #12).
 
 Output layout (all paths relative to ``OUT_DIR``)::
 
@@ -37,27 +39,47 @@ from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from calmcap.data.manifest import ManifestEntry, write_manifest
 from calmcap.errors import CalmcapError, ConfigError
+from calmcap.metrics import chance_recall, hit_probability
 
 logger = logging.getLogger(__name__)
 
 # Bump whenever a change alters the rendered pixels, captions or manifest for a given seed.
-GENERATOR_VERSION = 1
+# Version 2 (issue #12): the splits test_ood_visual and test_ood_text, and ``wording_domain`` in
+# every manifest line.
+GENERATOR_VERSION = 2
 
-SPLITS = ("train", "val", "test", "test_ood")
-SPLIT_DOMAIN = {"train": "A", "val": "A", "test": "A", "test_ood": "B"}
+SPLITS = ("train", "val", "test", "test_ood", "test_ood_visual", "test_ood_text")
+# Each split's (rendering domain, wording domain). The rendering domain draws the scene and its
+# pixels (backgrounds, palette, object radii, distractors); the wording domain writes the
+# captions (templates and synonyms).
+SPLIT_DOMAINS: dict[str, tuple[str, str]] = {
+    "train": ("A", "A"),
+    "val": ("A", "A"),
+    "test": ("A", "A"),
+    "test_ood": ("B", "B"),
+    "test_ood_visual": ("B", "A"),
+    "test_ood_text": ("A", "B"),
+}
+# The rendering domain alone: ``extra["domain"]`` and the report's ``domain`` column.
+SPLIT_DOMAIN = {split: rendering for split, (rendering, _) in SPLIT_DOMAINS.items()}
 # Stable integer codes that enter each video's seed; never reorder (it would change every video).
-_SPLIT_CODE = {"train": 0, "val": 1, "test": 2, "test_ood": 3}
+# The pretraining corpus (calmcap.data.pretrain_corpus) has codes of its own, so its videos are
+# disjoint from every benchmark split for any seed; a new split or corpus takes a new code.
+_SPLIT_CODE = {"train": 0, "val": 1, "test": 2, "test_ood": 3, "pretrain": 4, "pretrain_val": 5,
+               "test_ood_visual": 6, "test_ood_text": 7}
 
 DEFAULT_NUM_TRAIN = 3000
 DEFAULT_NUM_VAL = 250
 DEFAULT_NUM_TEST = 500
 DEFAULT_NUM_TEST_OOD = 500
+DEFAULT_NUM_TEST_OOD_VISUAL = 500
+DEFAULT_NUM_TEST_OOD_TEXT = 500
 # 24 frames at 10 fps = 2.4 s per clip; the tiny model samples 8 of them (one per 3 frames).
 DEFAULT_NUM_FRAMES = 24
 DEFAULT_FPS = 10.0
@@ -87,7 +109,11 @@ _OBJECT_EXTENT = 1.2  # every shape fits in a disc of this many radii (bounding 
 
 @dataclass(frozen=True)
 class DomainSpec:
-    """Everything that differs between domain A (train/val/test) and domain B (test_ood)."""
+    """Everything that differs between domain A (train/val/test) and domain B (test_ood).
+
+    The word tables and templates are the domain's *wording*; the rest is its *rendering*
+    (:data:`SPLIT_DOMAINS` says which domain plays which part in a split).
+    """
 
     name: str
     shape_words: dict[str, tuple[str, ...]]
@@ -96,6 +122,10 @@ class DomainSpec:
     # (third person singular, gerund) pairs, so templates can say "moves" or "moving".
     action_words: dict[str, tuple[tuple[str, str], ...]]
     background_words: dict[str, tuple[str, ...]]
+    # How this domain's wording names the *other* domain's backgrounds, for the splits whose
+    # rendering and wording domains differ (test_ood_visual, test_ood_text). Kept apart from
+    # ``background_words``, which the pretraining corpus reads as the domain's own vocabulary.
+    other_background_words: dict[str, tuple[str, ...]]
     templates: tuple[str, ...]
     palette: dict[str, tuple[int, int, int]]
     size_radius: dict[str, float]  # radius as a fraction of the frame side
@@ -104,6 +134,10 @@ class DomainSpec:
     distractor_counts: tuple[int, ...]
     distractor_weights: tuple[float, ...]
     background_mention_prob: float
+
+    def background_phrases(self, background: str) -> tuple[str, ...]:
+        """The phrases this domain's wording uses for a background of either domain."""
+        return self.background_words.get(background) or self.other_background_words[background]
 
 
 # Templates: {np} = article + size + colour + shape, {the_np} the same with "the", {vp} a third
@@ -177,6 +211,13 @@ DOMAIN_A = DomainSpec(
         "noise": ("on a noisy background", "over a grainy backdrop"),
         "checker": ("on a checkered background", "over a checkerboard"),
     },
+    other_background_words={
+        "radial": ("on a radial background", "over a radiant backdrop"),
+        "diagonal": ("on a diagonally striped background", "in front of diagonal stripes"),
+        "dots": ("on a spotted background", "over a spotty backdrop"),
+        "waves": ("on a wavy background", "over a rippled backdrop"),
+        "blotches": ("on a mottled background", "over a smudged backdrop"),
+    },
     templates=_TEMPLATES_A,
     palette={
         "red": (220, 40, 40),
@@ -241,6 +282,13 @@ DOMAIN_B = DomainSpec(
         "dots": ("on a dotted backdrop",),
         "waves": ("over a wavy pattern",),
         "blotches": ("on a blotchy backdrop",),
+    },
+    other_background_words={
+        "plain": ("against an empty backdrop",),
+        "gradient": ("over a fading backdrop",),
+        "stripes": ("over parallel bands",),
+        "noise": ("on a static-like backdrop",),
+        "checker": ("over a chessboard pattern",),
     },
     templates=_TEMPLATES_B,
     # The same colour names in other shades: darker, shifted hues.
@@ -487,6 +535,24 @@ def _render_background(kind: str, rng: np.random.Generator, domain: DomainSpec, 
         rows = grid[i0] * (1 - f)[:, None] + grid[i0 + 1] * f[:, None]
         field = rows[:, i0] * (1 - f)[None, :] + rows[:, i0 + 1] * f[None, :]
         return mix(field)
+    # The kinds below belong to neither benchmark domain: only the pretraining corpus
+    # (calmcap.data.pretrain_corpus) draws them.
+    if kind == "grid":
+        spacing = int(rng.integers(9, 17))
+        line = int(rng.integers(1, 3))
+        return mix((((xx % spacing) < line) | ((yy % spacing) < line)).astype(np.float32))
+    if kind == "speckle":
+        return mix((rng.random((size, size)) < rng.uniform(0.04, 0.1)).astype(np.float32))
+    if kind == "vignette":
+        dist = np.hypot(xx - size / 2, yy - size / 2) / (size / math.sqrt(2))
+        return mix(np.clip(dist, 0, 1) ** 2)
+    if kind == "plaid":
+        width = int(rng.integers(6, 13))
+        return mix(0.5 * ((xx // width) % 2) + 0.5 * ((yy // width) % 2))
+    if kind == "rings":
+        cx, cy = rng.uniform(0.3, 0.7, size=2) * size
+        width = rng.uniform(4, 8)
+        return mix(((np.hypot(xx - cx, yy - cy) // width) % 2).astype(np.float32))
     raise ValueError(f"unknown background {kind!r}")  # pragma: no cover
 
 
@@ -593,7 +659,7 @@ def _sample_scene(rng: np.random.Generator, domain: DomainSpec, size: int) -> di
 
 def _make_captions(rng: np.random.Generator, domain: DomainSpec, scene: dict[str, Any],
                    count: int) -> tuple[list[str], list[list[str]]]:
-    """``count`` distinct paraphrases and, for each, the attributes it mentions."""
+    """``count`` distinct paraphrases in ``domain``'s wording and, for each, the attributes it mentions."""
     captions: list[str] = []
     mentions: list[list[str]] = []
     for _ in range(50 * count):
@@ -604,7 +670,7 @@ def _make_captions(rng: np.random.Generator, domain: DomainSpec, scene: dict[str
         shape_word = _pick(rng, domain.shape_words[scene["shape"]])
         vp, ing = _pick(rng, domain.action_words[scene["action"]])
         mention_bg = rng.random() < domain.background_mention_prob
-        bg = " " + _pick(rng, domain.background_words[scene["background"]]) if mention_bg else ""
+        bg = " " + _pick(rng, domain.background_phrases(scene["background"])) if mention_bg else ""
         caption = _pick(rng, domain.templates).format(
             np=_with_article(f"{size_word} {colour_word} {shape_word}"),
             size=size_word, colour=colour_word, shape=shape_word, vp=vp, ing=ing, bg=bg,
@@ -623,7 +689,9 @@ def video_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 @dataclass(frozen=True)
-class _VideoTask:
+class RenderTask:
+    """One video to render: where its randomness comes from and how it is encoded."""
+
     seed: int
     split: str
     index: int
@@ -635,18 +703,19 @@ class _VideoTask:
     captions_per_video: int
 
 
-def _generate_one(task: _VideoTask) -> dict[str, Any]:
+def _generate_one(task: RenderTask) -> dict[str, Any]:
     """Sample, render, encode and caption one video; returns its manifest line as a dict."""
-    domain = DOMAINS[SPLIT_DOMAIN[task.split]]
+    rendering, wording = (DOMAINS[name] for name in SPLIT_DOMAINS[task.split])
     rng = video_rng(task.seed, task.split, task.index)
-    scene = _sample_scene(rng, domain, task.size)
-    captions, mentions = _make_captions(rng, domain, scene, task.captions_per_video)
-    frames = _render_frames(scene, rng, domain, task.size, task.num_frames)
+    scene = _sample_scene(rng, rendering, task.size)
+    captions, mentions = _make_captions(rng, wording, scene, task.captions_per_video)
+    frames = _render_frames(scene, rng, rendering, task.size, task.num_frames)
     video_id = f"{task.split}_{task.index:05d}"
     relative = f"videos/{task.split}/{video_id}.mp4"
     _encode_mp4(frames, Path(task.out_dir) / relative, task.fps, task.gop)
     extra = {
-        "domain": domain.name,
+        "domain": rendering.name,
+        "wording_domain": wording.name,
         "shape": scene["shape"],
         "colour": scene["colour"],
         "size": scene["size"],
@@ -666,19 +735,6 @@ def _generate_one(task: _VideoTask) -> dict[str, Any]:
 
 def _attribute_key(entry: ManifestEntry, names: Sequence[str]) -> tuple[Any, ...]:
     return tuple(entry.extra[name] for name in names)
-
-
-def _hit_probability(num_consistent: int, num_correct: int, k: int) -> float:
-    """P(at least one of ``num_correct`` items is in the top ``k`` of ``num_consistent`` tied
-    items ranked in random order), the hypergeometric complement."""
-    if k >= num_consistent:
-        return 1.0
-    miss = 1.0
-    for i in range(k):
-        miss *= (num_consistent - num_correct - i) / (num_consistent - i)
-        if miss <= 0.0:
-            return 1.0
-    return 1.0 - miss
 
 
 def retrieval_ceiling(entries: Sequence[ManifestEntry], ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
@@ -706,19 +762,17 @@ def retrieval_ceiling(entries: Sequence[ManifestEntry], ks: Sequence[int] = (1, 
             captions_by_key[tuple(m)][_attribute_key(e, tuple(m))] += 1
 
     out: dict[str, float] = {}
-    num_videos = len(entries)
-    num_captions = sum(len(e.captions) for e in entries)
+    captions_per_video = [len(e.captions) for e in entries]
     for k in ks:
         t2v = [min(1.0, k / videos_by_key[tuple(m)][_attribute_key(e, tuple(m))])
                for e in entries for m in e.extra["caption_mentions"]]
         v2t = []
         for e in entries:
             consistent = sum(captions_by_key[names][_attribute_key(e, names)] for names in mention_sets)
-            v2t.append(_hit_probability(consistent, len(e.captions), k))
+            v2t.append(hit_probability(consistent, len(e.captions), k))
         out[f"ceiling/t2v/R@{k}"] = float(np.mean(t2v))
         out[f"ceiling/v2t/R@{k}"] = float(np.mean(v2t))
-        out[f"chance/t2v/R@{k}"] = min(1.0, k / num_videos)
-        out[f"chance/v2t/R@{k}"] = float(np.mean([_hit_probability(num_captions, len(e.captions), k) for e in entries]))
+        out[f"chance/t2v/R@{k}"], out[f"chance/v2t/R@{k}"] = chance_recall(captions_per_video, k)
     out["unique_caption_attributes"] = len({_attribute_key(e, CAPTION_ATTRIBUTES[:4]) for e in entries})
     return out
 
@@ -745,6 +799,39 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
         (out_dir / "videos" / split).mkdir(parents=True, exist_ok=True)
 
 
+def render_all(render_one: Callable[[Any], dict[str, Any]], tasks: Sequence[Any], workers: int,
+               progress: bool) -> list[dict[str, Any]]:
+    """``[render_one(task) for task in tasks]`` in ``workers`` spawned processes, in task order.
+
+    ``render_one`` must be a module-level function (the workers import it). ``progress`` shows
+    a tqdm bar on stderr.
+    """
+    from tqdm import tqdm  # local: keeps `calmcap --help` fast
+
+    bar = tqdm(total=len(tasks), desc="synth", unit="video", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True)
+    rows: list[dict[str, Any]] = []
+    try:
+        if workers <= 1:
+            for task in tasks:
+                rows.append(render_one(task))
+                bar.update(1)
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn, not fork: the caller may hold torch threads or open files a fork would copy.
+            context = multiprocessing.get_context("spawn")
+            chunksize = max(1, min(16, len(tasks) // (workers * 8)))
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                for row in pool.map(render_one, tasks, chunksize=chunksize):
+                    rows.append(row)
+                    bar.update(1)
+    finally:
+        bar.close()
+    return rows
+
+
 def generate_benchmark(
     out_dir: str | os.PathLike,
     *,
@@ -753,6 +840,8 @@ def generate_benchmark(
     num_val: int = DEFAULT_NUM_VAL,
     num_test: int = DEFAULT_NUM_TEST,
     num_test_ood: int = DEFAULT_NUM_TEST_OOD,
+    num_test_ood_visual: int = DEFAULT_NUM_TEST_OOD_VISUAL,
+    num_test_ood_text: int = DEFAULT_NUM_TEST_OOD_TEXT,
     num_frames_per_video: int = DEFAULT_NUM_FRAMES,
     fps: float = DEFAULT_FPS,
     size: int = DEFAULT_SIZE,
@@ -777,6 +866,8 @@ def generate_benchmark(
         "val": _check_int("num_val", num_val, 0),
         "test": _check_int("num_test", num_test, 0),
         "test_ood": _check_int("num_test_ood", num_test_ood, 0),
+        "test_ood_visual": _check_int("num_test_ood_visual", num_test_ood_visual, 0),
+        "test_ood_text": _check_int("num_test_ood_text", num_test_ood_text, 0),
     }
     if sum(counts.values()) == 0:
         raise ConfigError("every split has 0 videos; nothing to generate")
@@ -793,36 +884,13 @@ def generate_benchmark(
     _prepare_out_dir(out, overwrite)
     gop = max(1, round(fps))  # one keyframe per second bounds the cost of sparse seeking
     tasks = [
-        _VideoTask(seed=seed, split=split, index=i, out_dir=str(out), num_frames=num_frames_per_video,
+        RenderTask(seed=seed, split=split, index=i, out_dir=str(out), num_frames=num_frames_per_video,
                    fps=fps, size=size, gop=gop, captions_per_video=captions_per_video)
         for split in SPLITS for i in range(counts[split])
     ]
     logger.info("rendering %d videos into %s with %d worker(s)", len(tasks), out, workers)
-    from tqdm import tqdm  # local: keeps `calmcap --help` fast
-
     start = time.perf_counter()
-    bar = tqdm(total=len(tasks), desc="synth", unit="video", disable=not progress, file=sys.stderr,
-               dynamic_ncols=True)
-    try:
-        if workers <= 1:
-            rows = []
-            for task in tasks:
-                rows.append(_generate_one(task))
-                bar.update(1)
-        else:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            # spawn, not fork: the caller may hold torch threads or open files a fork would copy.
-            context = multiprocessing.get_context("spawn")
-            chunksize = max(1, min(16, len(tasks) // (workers * 8)))
-            rows = []
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                for row in pool.map(_generate_one, tasks, chunksize=chunksize):
-                    rows.append(row)
-                    bar.update(1)
-    finally:
-        bar.close()
+    rows = render_all(_generate_one, tasks, workers, progress)
     seconds = time.perf_counter() - start
 
     entries = [ManifestEntry(**row) for row in rows]
@@ -835,6 +903,7 @@ def generate_benchmark(
         figures = retrieval_ceiling(split_entries)
         splits_info[split] = {
             "domain": SPLIT_DOMAIN[split],
+            "wording_domain": SPLIT_DOMAINS[split][1],
             "num_videos": len(split_entries),
             "num_captions": sum(len(e.captions) for e in split_entries),
             "unique_caption_attributes": figures.pop("unique_caption_attributes", 0),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import Counter
 from pathlib import Path
@@ -19,6 +20,7 @@ NUM_PER_SPLIT = 6
 NUM_FRAMES = 12
 SIZE = 64
 TINY = dict(num_train=NUM_PER_SPLIT, num_val=NUM_PER_SPLIT, num_test=NUM_PER_SPLIT, num_test_ood=NUM_PER_SPLIT,
+            num_test_ood_visual=NUM_PER_SPLIT, num_test_ood_text=NUM_PER_SPLIT,
             num_frames_per_video=NUM_FRAMES, fps=8.0, size=SIZE, progress=False)
 
 
@@ -52,12 +54,22 @@ def test_summary_and_splits(bench, entries):
     assert Counter(e.split for e in entries) == {split: NUM_PER_SPLIT for split in synth.SPLITS}
     assert len({e.video_id for e in entries}) == len(entries)
     for e in entries:
-        assert e.extra["domain"] == synth.SPLIT_DOMAIN[e.split]
+        assert (e.extra["domain"], e.extra["wording_domain"]) == synth.SPLIT_DOMAINS[e.split]
+        assert e.extra["domain"] == synth.SPLIT_DOMAIN[e.split]  # the rendering domain, as before
         assert e.video == f"videos/{e.split}/{e.video_id}.mp4"
         assert len(e.captions) == synth.CAPTIONS_PER_VIDEO
         assert len(set(e.captions)) == len(e.captions), "paraphrases of one video must differ"
-    assert {synth.SPLIT_DOMAIN[s] for s in ("train", "val", "test")} == {"A"}
-    assert synth.SPLIT_DOMAIN["test_ood"] == "B"
+    assert synth.SPLIT_DOMAINS == {"train": ("A", "A"), "val": ("A", "A"), "test": ("A", "A"), "test_ood": ("B", "B"),
+                                   "test_ood_visual": ("B", "A"), "test_ood_text": ("A", "B")}
+    assert set(synth.SPLIT_DOMAINS) == set(synth.SPLITS)
+
+
+def test_split_codes_are_stable_and_distinct():
+    # Existing codes never move (they seed every video); the new splits take 6 and 7, after the
+    # pretraining corpus's 4 and 5.
+    assert synth._SPLIT_CODE == {"train": 0, "val": 1, "test": 2, "test_ood": 3, "pretrain": 4, "pretrain_val": 5,
+                                 "test_ood_visual": 6, "test_ood_text": 7}
+    assert synth.GENERATOR_VERSION == 2
 
 
 def test_videos_exist_and_decode(bench, entries):
@@ -82,7 +94,7 @@ def test_same_seed_gives_identical_output_and_worker_count_does_not_matter(bench
     for name in ("manifest.jsonl", "benchmark.json", "concepts.txt"):
         assert (out / name).read_bytes() == (bench_two_workers / name).read_bytes(), name
     videos = sorted(p.relative_to(out) for p in (out / "videos").rglob("*.mp4"))
-    assert len(videos) == 4 * NUM_PER_SPLIT
+    assert len(videos) == len(synth.SPLITS) * NUM_PER_SPLIT
     for rel in videos:
         assert (out / rel).read_bytes() == (bench_two_workers / rel).read_bytes(), rel
 
@@ -99,7 +111,7 @@ def test_other_seed_differs(bench, tmp_path):
 
 def test_captions_mention_ground_truth(entries):
     for e in entries:
-        domain = synth.DOMAINS[e.extra["domain"]]
+        domain = synth.DOMAINS[e.extra["wording_domain"]]  # the words come from the wording domain
         for caption, mentions in zip(e.captions, e.extra["caption_mentions"]):
             assert caption == caption.strip().lower()
             assert _phrases_in(caption, domain.shape_words[e.extra["shape"]]), (caption, e.extra["shape"])
@@ -115,15 +127,15 @@ def test_captions_mention_ground_truth(entries):
             for shape, words in domain.shape_words.items():
                 if shape != e.extra["shape"]:
                     assert not _phrases_in(rest, words), (caption, shape)
-            mentions_background = bool(_phrases_in(caption, domain.background_words[e.extra["background"]]))
+            mentions_background = bool(_phrases_in(caption, domain.background_phrases(e.extra["background"])))
             assert mentions_background == ("background" in mentions), caption
             assert mentions[:4] == ["shape", "colour", "size", "action"]
 
 
 def test_domain_b_uses_reserved_wording_and_rendering(entries):
-    a_captions = [c for e in entries if e.extra["domain"] == "A" for c in e.captions]
-    b_captions = [c for e in entries if e.extra["domain"] == "B" for c in e.captions]
-    assert len(b_captions) == NUM_PER_SPLIT * synth.CAPTIONS_PER_VIDEO
+    a_captions = [c for e in entries if e.extra["wording_domain"] == "A" for c in e.captions]
+    b_captions = [c for e in entries if e.extra["wording_domain"] == "B" for c in e.captions]
+    assert len(b_captions) == 2 * NUM_PER_SPLIT * synth.CAPTIONS_PER_VIDEO  # test_ood, test_ood_text
     for caption in b_captions:
         assert any(marker in caption for marker in synth.DOMAIN_B_MARKERS), caption
     for caption in a_captions:
@@ -142,9 +154,71 @@ def test_domain_b_uses_reserved_wording_and_rendering(entries):
     assert all(a.size_radius[s] != b.size_radius[s] for s in synth.SIZES)
     for e in entries:
         assert e.extra["background"] in synth.DOMAINS[e.extra["domain"]].backgrounds
+        assert len(e.extra["distractors"]) in synth.DOMAINS[e.extra["domain"]].distractor_counts
         for d in e.extra["distractors"]:
             assert (d["shape"], d["colour"]) != (e.extra["shape"], e.extra["colour"])
         assert not (e.extra["action"] == "rotate" and e.extra["shape"] in ("circle", "ring"))
+
+
+def _split_entries(entries: list[ManifestEntry], split: str) -> list[ManifestEntry]:
+    chosen = [e for e in entries if e.split == split]
+    assert len(chosen) == NUM_PER_SPLIT
+    return chosen
+
+
+def _radius_fraction_fits(e: ManifestEntry, domain: synth.DomainSpec) -> bool:
+    # Radii are drawn within +-6 % of the rendering domain's radius for the size word.
+    return abs(e.extra["radius_px"] / SIZE / domain.size_radius[e.extra["size"]] - 1) <= 0.06 + 1e-3
+
+
+def test_ood_text_shifts_the_wording_alone(entries):
+    for e in _split_entries(entries, "test_ood_text"):
+        assert e.extra["domain"] == "A" and e.extra["wording_domain"] == "B"
+        assert e.extra["background"] in synth.DOMAIN_A.backgrounds
+        assert len(e.extra["distractors"]) in synth.DOMAIN_A.distractor_counts
+        assert _radius_fraction_fits(e, synth.DOMAIN_A)
+        for caption in e.captions:
+            assert any(marker in caption for marker in synth.DOMAIN_B_MARKERS), caption
+            # Every action phrase of domain B is reserved: the caption's action is B's.
+            b_actions = [p for pair in synth.DOMAIN_B.action_words[e.extra["action"]] for p in pair]
+            assert _phrases_in(caption, b_actions), caption
+
+
+def test_ood_visual_shifts_the_rendering_alone(bench, entries):
+    out, _ = bench
+    for e in _split_entries(entries, "test_ood_visual"):
+        assert e.extra["domain"] == "B" and e.extra["wording_domain"] == "A"
+        assert e.extra["background"] in synth.DOMAIN_B.backgrounds
+        assert len(e.extra["distractors"]) in synth.DOMAIN_B.distractor_counts
+        assert _radius_fraction_fits(e, synth.DOMAIN_B)
+        for caption in e.captions:
+            assert not any(marker in caption for marker in synth.DOMAIN_B_MARKERS), caption
+            a_actions = [p for pair in synth.DOMAIN_A.action_words[e.extra["action"]] for p in pair]
+            assert _phrases_in(caption, a_actions), caption
+    # The pixels are domain B's: re-rendering the recorded scene with B's palette and tones
+    # reproduces the first frame of the file (up to the H.264 loss), A's does not.
+    av = pytest.importorskip("av")
+    e = _split_entries(entries, "test_ood_visual")[0]
+    with av.open(str(out / e.video)) as container:
+        first = next(container.decode(container.streams.video[0])).to_ndarray(format="rgb24").astype(float)
+
+    def render(domain: synth.DomainSpec) -> np.ndarray:
+        rng = synth.video_rng(0, "test_ood_visual", 0)
+        scene = synth._sample_scene(rng, synth.DOMAIN_B, SIZE)
+        synth._make_captions(rng, synth.DOMAIN_A, scene, synth.CAPTIONS_PER_VIDEO)
+        return synth._render_frames(scene, rng, domain, SIZE, NUM_FRAMES)[0].astype(float)
+
+    assert e.video_id == "test_ood_visual_00000"
+    assert np.abs(render(synth.DOMAIN_B) - first).mean() < 3
+    assert np.abs(render(synth.DOMAIN_A) - first).mean() > 3 * np.abs(render(synth.DOMAIN_B) - first).mean()
+
+
+def test_mixed_splits_name_every_background_in_their_own_wording():
+    for wording, rendering in ((synth.DOMAIN_A, synth.DOMAIN_B), (synth.DOMAIN_B, synth.DOMAIN_A)):
+        for background in rendering.backgrounds:
+            phrases = wording.background_phrases(background)
+            assert phrases and not set(phrases) & set(rendering.background_words[background])
+            assert not any(marker in p for p in phrases for marker in synth.DOMAIN_B_MARKERS)
 
 
 def test_concept_file(bench):
@@ -174,8 +248,15 @@ def test_benchmark_json_chance_and_ceiling(bench, entries):
     for split in synth.SPLITS:
         split_info = info["splits"][split]
         assert split_info["num_videos"] == NUM_PER_SPLIT
-        assert split_info["domain"] == synth.SPLIT_DOMAIN[split]
-        assert split_info["chance"]["t2v/R@1"] == pytest.approx(1 / NUM_PER_SPLIT, abs=1e-6)
+        assert split_info["num_captions"] == NUM_PER_SPLIT * synth.CAPTIONS_PER_VIDEO
+        assert (split_info["domain"], split_info["wording_domain"]) == synth.SPLIT_DOMAINS[split]
+        # Chance: a caption's one video among N; a video's best of its 5 captions among 5N
+        # (1/N at R@1, the hypergeometric complement at R@K).
+        num_captions = NUM_PER_SPLIT * synth.CAPTIONS_PER_VIDEO
+        for k in (1, 5, 10):
+            miss = math.comb(num_captions - synth.CAPTIONS_PER_VIDEO, k) / math.comb(num_captions, k)
+            assert split_info["chance"][f"t2v/R@{k}"] == pytest.approx(min(1.0, k / NUM_PER_SPLIT), abs=1e-6)
+            assert split_info["chance"][f"v2t/R@{k}"] == pytest.approx(1 - miss, abs=1e-6)
         assert split_info["chance"]["v2t/R@1"] == pytest.approx(1 / NUM_PER_SPLIT, abs=1e-6)
         expected = _brute_force_t2v_ceiling([e for e in entries if e.split == split])
         assert split_info["ceiling"]["t2v/R@1"] == pytest.approx(expected, abs=1e-6)
@@ -243,16 +324,20 @@ def test_refuses_to_overwrite_and_validates_arguments(bench, tmp_path):
         synth.generate_benchmark(tmp_path, **{**TINY, "size": 63})
     with pytest.raises(ConfigError, match="num_test"):
         synth.generate_benchmark(tmp_path, **{**TINY, "num_test": -1})
+    with pytest.raises(ConfigError, match="num_test_ood_text"):
+        synth.generate_benchmark(tmp_path, **{**TINY, "num_test_ood_text": -1})
 
 
 def test_main_cli(tmp_path, capsys):
     argv = [str(tmp_path / "b"), "--num-train", "2", "--num-val", "1", "--num-test", "2", "--num-test-ood", "2",
+            "--num-test-ood-visual", "1", "--num-test-ood-text", "3",
             "--num-frames", "4", "--size", "48", "--workers", "0", "--seed", "3", "--no-progress"]
     assert synth.main(argv) == 0
     printed = capsys.readouterr().out
-    assert "wrote 7 videos" in printed and "test_ood" in printed
+    assert "wrote 11 videos" in printed
+    assert re.search(r"^test_ood_visual +B +A +1 ", printed, re.MULTILINE) and re.search(r"^test_ood_text +A +B +3 ", printed, re.MULTILINE)
     assert Counter(e.split for e in read_manifest(tmp_path / "b" / "manifest.jsonl")) == {
-        "train": 2, "val": 1, "test": 2, "test_ood": 2}
+        "train": 2, "val": 1, "test": 2, "test_ood": 2, "test_ood_visual": 1, "test_ood_text": 3}
     # --overwrite replaces the videos of an earlier run.
     assert synth.main(argv[:2] + ["1"] + argv[3:] + ["--overwrite"]) == 0
     assert len(list((tmp_path / "b" / "videos" / "train").glob("*.mp4"))) == 1
