@@ -35,7 +35,9 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["calmcap", "calmcap.*"]),
-    package_data={"calmcap": ["model_configs/*.json", "clip_configs/*.json", "anchors/*.txt"]},
+    # pretrained/: the open_clip tag `synth` of calmcap-tiny-clip (fp16 weights, issue #11).
+    package_data={"calmcap": ["model_configs/*.json", "clip_configs/*.json", "anchors/*.txt", "pretrained/*.json",
+                              "pretrained/*.safetensors"]},
     install_requires=install_requires,
     extras_require={
         "test": [

@@ -27,6 +27,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 MODEL_CONFIG_DIR = PACKAGE_DIR / "model_configs"
 CLIP_CONFIG_DIR = PACKAGE_DIR / "clip_configs"
 ANCHOR_DIR = PACKAGE_DIR / "anchors"
+# Weights shipped with the package as open_clip pretrained tags (tags.json lists them).
+PRETRAINED_DIR = PACKAGE_DIR / "pretrained"
 
 # Bumped when the meaning of a saved config changes; checkpoints record it.
 CONFIG_FORMAT_VERSION = 1
@@ -227,8 +229,15 @@ class AlignmentConfig:
     variant: AlignmentVariant = "vae"
     hidden_dim: int = 384
     latent_dim: int = 256
-    # DESIGN.md section 1.5: whether gradients flow into the text distribution S_p.
-    detach_text_dist: bool = False
+    # The paper's objective is an ELBO on p(S_p | V_p): S_p is the observed target, so neither
+    # L_rec nor L_KL sends gradient into the text tower through it (true, the default). false
+    # lets L_rec move S_p, an ablation only: then one constant one-hot S_p is the optimum and
+    # the anchor branch collapses (docs/STUDY.md; issue #11).
+    detach_text_dist: bool = True
+    # What the VAE's encoder reads of V_p (our choice; the paper feeds "V_p"): "prob", the
+    # distribution itself (entries ~1/K, varying by little when the cosines are close), or
+    # "log_prob", its logarithm centred over the anchors (= tau * (cos - mean cos), scale-free in K).
+    vae_input: Literal["prob", "log_prob"] = "prob"
 
     def validate(self) -> None:
         if self.hidden_dim < 1 or self.latent_dim < 1:

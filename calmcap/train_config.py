@@ -26,14 +26,21 @@ class ModelChoice:
 
 @dataclass
 class SynthData:
-    """Generate the embedded benchmark into ``data.manifest``'s directory when it is missing."""
+    """Generate the embedded benchmark (or its pretraining corpus) into ``data.manifest``'s
+    directory when it is missing."""
 
     enabled: bool = False
+    # benchmark: train/val/test/test_ood/test_ood_visual/test_ood_text; pretrain: the pretraining
+    # corpus (pretrain, pretrain_val).
+    corpus: Literal["benchmark", "pretrain"] = "benchmark"
     seed: int = 0
     num_train: int = 3000
     num_val: int = 250
     num_test: int = 500
     num_test_ood: int = 500
+    num_test_ood_visual: int = 500  # domain B rendering, domain A wording (issue #12)
+    num_test_ood_text: int = 500  # domain A rendering, domain B wording
+    num_videos: int = 20000  # corpus: pretrain only
     workers: int = 2
 
 
@@ -59,6 +66,9 @@ class OptimConfig:
     lr: float = 1e-4  # new modules (fusion, anchors, VAE, decoder, retrieval head)
     clip_lr: float = 1e-5  # the CLIP towers (the paper's 1e-5)
     weight_decay: float = 0.05
+    # Decoupled weight decay of the anchor offsets e_k alone: it pulls each anchor a_k = p_k + e_k
+    # back towards its label prompt p_k (0: no pull; issue #11 measured the choice).
+    anchor_offset_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
     warmup_steps: int = 100
@@ -114,6 +124,16 @@ class SCSTConfig:
 
 
 @dataclass
+class ExportConfig:
+    """Files written from the final model besides ``model/``."""
+
+    # The CLIP towers as an open_clip-format safetensors file (the pretraining recipe's product:
+    # the ``synth`` tag of calmcap-tiny-clip, issue #11); null: none.
+    clip_weights: str | None = None
+    clip_dtype: Literal["float16", "float32"] = "float16"
+
+
+@dataclass
 class TrainConfig:
     output_dir: str = "runs/default"
     seed: int = 0
@@ -125,6 +145,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     scst: SCSTConfig = field(default_factory=SCSTConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     log_every_steps: int = 10
 
     def to_json(self) -> dict[str, Any]:

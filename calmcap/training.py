@@ -78,24 +78,37 @@ class TrainState:
 # --------------------------------------------------------------------------- optimisation
 
 
-def parameter_groups(model: torch.nn.Module, lr: float, clip_lr: float, weight_decay: float) -> list[dict[str, Any]]:
-    """Four groups: CLIP towers vs new modules, each with and without weight decay.
+ANCHOR_OFFSETS = "anchor_bank.pos_embed"  # the learnable offsets e_k of a_k = p_k + e_k
+
+
+def parameter_groups(model: torch.nn.Module, lr: float, clip_lr: float, weight_decay: float,
+                     anchor_offset_decay: float = 0.0) -> list[dict[str, Any]]:
+    """CLIP towers vs new modules, each with and without weight decay, plus the anchor offsets.
 
     No decay on biases, norms, embeddings, positional tables and temperatures (1-D or
-    explicitly named), as in CLIP and GPT-2 training.
+    explicitly named), as in CLIP and GPT-2 training. The anchor offsets ``e_k`` get a group of
+    their own whose decoupled weight decay (``anchor_offset_decay``) pulls each anchor back to
+    its label prompt ``p_k`` (issue #11; ``optim.anchor_offset_decay``).
     """
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    offsets: list[torch.nn.Parameter] = []
     for name, param in model.named_parameters():
         if not param.requires_grad:
+            continue
+        if name.removeprefix("module.") == ANCHOR_OFFSETS:
+            offsets.append(param)
             continue
         is_clip = name.startswith("clip.")
         no_decay = param.ndim < 2 or any(k in name for k in ("pos", "embed", "logit_scale", "log_tau", "wte", "wpe", "token_embedding"))
         groups.setdefault((is_clip, no_decay), []).append(param)
-    return [
+    out = [
         {"params": params, "lr": clip_lr if is_clip else lr, "weight_decay": 0.0 if no_decay else weight_decay,
          "name": f"{'clip' if is_clip else 'new'}{'/no_decay' if no_decay else ''}"}
         for (is_clip, no_decay), params in sorted(groups.items())
     ]
+    if offsets:
+        out.append({"params": offsets, "lr": lr, "weight_decay": anchor_offset_decay, "name": "anchor_offsets"})
+    return out
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, schedule: str):
@@ -177,6 +190,21 @@ def save_resume_state(accelerator: Any, output_dir: str | os.PathLike, step: int
 
 
 @torch.no_grad()
+@torch.no_grad()
+def anchor_offset_statistics(model: torch.nn.Module) -> dict[str, float]:
+    """How far the anchors moved from their label prompts: ``anchor/offset_norm`` (mean
+    ``||e_k||``; the prompts ``p_k`` have norm 1) and ``anchor/identity`` (the share of anchors
+    whose nearest prompt is still their own, i.e. that still mean their label)."""
+    bank = getattr(model, "anchor_bank", None)
+    if bank is None:
+        return {}
+    prompts = torch.nn.functional.normalize(bank.prompt_embeds.float(), dim=-1)
+    anchors = torch.nn.functional.normalize(bank.anchors().float(), dim=-1)
+    nearest = (anchors @ prompts.t()).argmax(-1)
+    return {"anchor/offset_norm": float(bank.pos_embed.float().norm(dim=-1).mean()),
+            "anchor/identity": float((nearest == torch.arange(len(nearest), device=nearest.device)).float().mean())}
+
+
 def anchor_statistics(outputs: dict[str, torch.Tensor]) -> dict[str, float]:
     """How spread the anchor distributions are: mean entropy (nats) of ``V_p`` and ``S_p`` and
     the share of the batch whose ``S_p`` peaks on its most common anchor.
@@ -188,6 +216,7 @@ def anchor_statistics(outputs: dict[str, torch.Tensor]) -> dict[str, float]:
     for key, name in (("video_dist", "anchor/video_entropy"), ("text_dist", "anchor/text_entropy")):
         dist = outputs.get(key)
         if dist is not None:
+            dist = dist.detach()
             stats[name] = float(-(dist * dist.clamp(min=1e-12).log()).sum(-1).mean())
     text = outputs.get("text_dist")
     if text is not None:

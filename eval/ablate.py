@@ -38,22 +38,25 @@ BASELINE = "baseline"
 GRIDS: dict[str, dict[str, list[str]]] = {
     "main": {
         BASELINE: ["alignment.variant=none"],
+        # The paper's objective: S_p is the VAE's target, no gradient into it (the default).
         "calm-vae": ["alignment.variant=vae"],
         "direct-kl": ["alignment.variant=kl"],
         "direct-ce": ["alignment.variant=ce"],
         "direct-mse": ["alignment.variant=mse"],
-        # Not in the paper: CALM with no gradient into the text's anchor distribution S_p,
-        # which otherwise collapses to one anchor (BENCHMARKS.md, main job).
-        "calm-vae-detach": ["alignment.variant=vae", "alignment.detach_text_dist=true"],
+        # Not in the paper: L_rec's gradient flows into S_p (calmcap's default until issue #11),
+        # which makes one constant one-hot S_p the optimum (docs/STUDY.md).
+        "calm-vae-grad-sp": ["alignment.variant=vae", "alignment.detach_text_dist=false"],
     },
+    # calmcap-tiny's default label set is the pretraining world's (synth_world, 55 labels).
     "anchors": {
         BASELINE: ["anchors.num_anchors=0"],
-        "K=50": ["anchors.num_anchors=50"],
-        "K=100": ["anchors.num_anchors=100"],
-        "K=157": ["anchors.num_anchors=null"],
+        "K=15": ["anchors.num_anchors=15"],
+        "K=30": ["anchors.num_anchors=30"],
+        "K=55": ["anchors.num_anchors=null"],
     },
     "labels": {
         BASELINE: ["alignment.variant=none"],
+        "synth-world": ["anchors.label_set=synth_world"],
         "charades": ["anchors.label_set=charades_157"],
         "coco": ["anchors.label_set=coco_80"],
         "synth-concepts": ["anchors.label_set=synth_concepts"],
@@ -303,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             variants.setdefault(name, overrides)
     # One run per distinct resolved model and seed; a variant that resolves like an earlier
-    # one (K=157 is the default CALM, K=0 is the baseline) reads that run's results.
+    # one (K=55 is the default CALM, K=0 is the baseline) reads that run's results.
     # Runs are named after the first variant of all grids (in GRIDS order) that resolves
     # alike, so separate invocations into one --out share them too.
     model_name = base_config(args).model.name

@@ -41,13 +41,14 @@ from calmcap.errors import CalmcapError
 from calmcap.evaluation import evaluate
 from calmcap.losses import LOSS_TOTAL, CALMLoss
 from calmcap.models.calm import CALMModel
-from calmcap.models.encoders import clip_text_tokenizer
+from calmcap.models.encoders import clip_text_tokenizer, save_clip_weights
 from calmcap.scst import rewards, sample_captions, scst_loss, teacher_forcing_inputs
 from calmcap.tokenizer import CaptionTokenizer
 from calmcap.train_config import TrainConfig, load_train_config
 from calmcap.training import (
     EpochSampler,
     GracefulStop,
+    anchor_offset_statistics,
     anchor_statistics,
     assert_finite,
     MetricsLog,
@@ -77,12 +78,21 @@ def prepare_data(cfg: TrainConfig, accelerator: Accelerator, image_size: int) ->
     manifest = Path(cfg.data.manifest)
     if accelerator.is_main_process:
         if cfg.data.synth.enabled and not manifest.is_file():
-            from calmcap.data.synth import generate_benchmark
-
             s = cfg.data.synth
-            logger.info("generating the embedded benchmark into %s", manifest.parent)
-            generate_benchmark(manifest.parent, seed=s.seed, num_train=s.num_train, num_val=s.num_val,
-                               num_test=s.num_test, num_test_ood=s.num_test_ood, workers=s.workers)
+            if s.corpus == "pretrain":
+                from calmcap.data.pretrain_corpus import generate_pretrain_corpus
+
+                logger.info("generating the pretraining corpus into %s", manifest.parent)
+                generate_pretrain_corpus(manifest.parent, seed=s.seed, num_videos=s.num_videos, num_val=s.num_val,
+                                         workers=s.workers)
+            else:
+                from calmcap.data.synth import generate_benchmark
+
+                logger.info("generating the embedded benchmark into %s", manifest.parent)
+                generate_benchmark(manifest.parent, seed=s.seed, num_train=s.num_train, num_val=s.num_val,
+                                   num_test=s.num_test, num_test_ood=s.num_test_ood,
+                                   num_test_ood_visual=s.num_test_ood_visual, num_test_ood_text=s.num_test_ood_text,
+                                   workers=s.workers)
         if cfg.data.frame_cache:
             from calmcap.data.preparation import cache_frames
 
@@ -186,7 +196,7 @@ def train(args: argparse.Namespace) -> int:
                               num_workers=cfg.data.num_workers, collate_fn=collate)
 
     optimizer = torch.optim.AdamW(
-        parameter_groups(model, cfg.optim.lr, cfg.optim.clip_lr, cfg.optim.weight_decay),
+        parameter_groups(model, cfg.optim.lr, cfg.optim.clip_lr, cfg.optim.weight_decay, cfg.optim.anchor_offset_decay),
         betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
     )
     steps_per_epoch = len(train_loader) // max(1, accelerator.num_processes) // cfg.optim.grad_accum_steps
@@ -304,6 +314,7 @@ def train(args: argparse.Namespace) -> int:
                 elapsed = max(time.time() - window_start, 1e-9)
                 values = {k: accelerator.reduce(v.detach().reshape(1), reduction="mean").item() for k, v in terms.items()}
                 values.update(anchor_statistics(outputs))  # this process's batch: a diagnostic
+                values.update(anchor_offset_statistics(core))
                 values.update(lr=scheduler.get_last_lr()[-1], clips_per_second=window_clips / elapsed,
                               logit_scale=core.retrieval.logit_scale.item(), epoch=state.epoch,
                               items=accelerator.gather(batch["item_index"]).tolist())
@@ -352,6 +363,12 @@ def train(args: argparse.Namespace) -> int:
         summary = {"steps": state.step, "best_step": state.best_step, "best_metric": best,
                    "metric": cfg.eval.metric, "skipped_steps": state.skipped_steps,
                    "model": str(final)}
+        if cfg.export.clip_weights:
+            exported = CALMModel.from_pretrained(final)
+            digest = save_clip_weights(exported.clip, cfg.export.clip_weights, logit_scale=exported.retrieval.logit_scale,
+                                       dtype=getattr(torch, cfg.export.clip_dtype))
+            summary["clip_weights"] = {"path": cfg.export.clip_weights, "sha256": digest}
+            logger.info("exported the CLIP towers of %s to %s (sha256 %s)", final, cfg.export.clip_weights, digest)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         plot_training_curves(out / "metrics.jsonl", out / "curves.png")
         logger.info("done: %s", json.dumps(summary))

@@ -57,12 +57,13 @@ def test_variants_that_build_the_same_model_share_one_run():
     ablate = _ablate_module()
     key = lambda overrides: ablate.model_key("calmcap-tiny", overrides)  # noqa: E731
     grids = ablate.GRIDS
-    # K=157 and the Charades label set are the default CALM model; K=0 removes the branch like 'none'.
-    assert key(grids["anchors"]["K=157"]) == key(grids["main"]["calm-vae"]) == key(grids["labels"]["charades"])
+    # All 55 labels of the world's label set are the default CALM model; K=0 removes the branch like 'none'.
+    assert key(grids["anchors"]["K=55"]) == key(grids["main"]["calm-vae"]) == key(grids["labels"]["synth-world"])
     assert key(grids["anchors"]["baseline"]) == key(grids["main"]["baseline"])
-    distinct = [grids["main"][v] for v in grids["main"]] + [grids["anchors"]["K=50"], grids["labels"]["coco"]]
+    distinct = [grids["main"][v] for v in grids["main"]] + [grids["anchors"]["K=30"], grids["labels"]["coco"]]
     assert len({key(o) for o in distinct}) == len(distinct)
-    assert key(["alignment.variant=vae", "alignment.detach_text_dist=true"]) != key(["alignment.variant=vae"])
+    assert key(["alignment.variant=vae", "alignment.detach_text_dist=false"]) != key(["alignment.variant=vae"])
+    assert key(["alignment.variant=vae", "alignment.detach_text_dist=true"]) == key(["alignment.variant=vae"])
 
 
 def test_significance_is_welchs_t_test_over_seeds():

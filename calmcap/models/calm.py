@@ -134,7 +134,10 @@ class CALMModel(nn.Module):
     def encode_frames(self, video: torch.Tensor) -> torch.Tensor:
         """Per-frame CLIP image features: video [B, T, 3, H, W] float -> [B, T, D] (not normalised)."""
         batch, num_frames = video.shape[:2]
-        features = self.clip.encode_image(video.flatten(0, 1))
+        # channels-last images: 1.4x faster convolutions on CPU for calmcap-tiny's ResNet tower
+        # (measured, issue #11); the same values either way.
+        images = video.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+        features = self.clip.encode_image(images)
         return features.view(batch, num_frames, -1)
 
     def fuse(self, frame_features: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -49,6 +49,9 @@ class CaptionDecoder(nn.Module):
             eos_token_id=EOS_ID,
             pad_token_id=PAD_ID,
             tie_word_embeddings=True,
+            # GPT-2's tanh-approximated GELU as one fused kernel: the same function as its default
+            # "gelu_new" (which spells it out in ~8 element-wise ops), a measurably cheaper step on CPU.
+            activation_function="gelu_pytorch_tanh",
         )
         self.gpt = GPT2LMHeadModel(gpt_config)
 

@@ -9,6 +9,7 @@ or a local weights file; ``None`` means random initialisation.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from calmcap.config import CLIP_CONFIG_DIR, ClipConfig, FusionConfig
+from calmcap.config import CLIP_CONFIG_DIR, PRETRAINED_DIR, ClipConfig, FusionConfig
 from calmcap.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -25,14 +26,71 @@ _REGISTERED = False
 
 
 def _open_clip():
-    """Import open_clip (slow: ~3-5 s) and register calmcap's architectures once."""
+    """Import open_clip (slow: ~3-5 s) and register calmcap's architectures and tags once."""
     global _REGISTERED
     import open_clip
 
     if not _REGISTERED:
         open_clip.add_model_config(CLIP_CONFIG_DIR)
+        _register_shipped_tags()
         _REGISTERED = True
     return open_clip
+
+
+def shipped_tags() -> dict[str, dict[str, dict]]:
+    """The pretrained tags shipped in ``calmcap/pretrained/tags.json``: ``{arch: {tag: entry}}``.
+
+    Each entry names its weights ``file`` (relative to that folder), its ``sha256`` and how it
+    was made (``command``), as BENCHMARKS.md records them.
+    """
+    path = PRETRAINED_DIR / "tags.json"
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _register_shipped_tags() -> None:
+    """Make calmcap's shipped weights open_clip pretrained tags (``calmcap-tiny-clip`` / ``synth``).
+
+    open_clip resolves a tag through its table of pretrained configs; an entry with a ``file``
+    key points at local weights, so ``create_model(arch, pretrained=tag)`` loads ours by the very
+    path that loads ``openai`` for ViT-B/32 (no special case in calmcap). open_clip has no public
+    call for adding an entry, hence the write into its table.
+    """
+    from open_clip import pretrained as registry
+
+    for arch, tags in shipped_tags().items():
+        for tag, entry in tags.items():
+            cfg = registry._pcfg(file=str(PRETRAINED_DIR / entry["file"]),
+                                 **{k: v for k, v in entry.items() if k in ("mean", "std", "interpolation")})
+            registry._PRETRAINED.setdefault(arch, {})[tag] = cfg
+
+
+def save_clip_weights(clip: nn.Module, path: str | Path, logit_scale: torch.Tensor | float | None = None,
+                      dtype: torch.dtype = torch.float16) -> str:
+    """Write an open_clip ``CLIP`` model's weights as an open_clip-format safetensors file.
+
+    ``logit_scale`` (the retrieval head's learned scale, not log) replaces open_clip's own,
+    unused in calmcap, so the file is a complete CLIP model for zero-shot use. Floating-point
+    tensors are stored as ``dtype``. The file is written atomically; returns its sha256.
+    """
+    import hashlib
+    import math
+    import os
+
+    from safetensors.torch import save_file
+
+    state = {name: tensor.detach().to("cpu") for name, tensor in clip.state_dict().items()}
+    if logit_scale is not None and "logit_scale" in state:
+        value = float(logit_scale)
+        state["logit_scale"] = torch.full_like(state["logit_scale"], math.log(value))
+    state = {name: (t.to(dtype) if t.is_floating_point() else t).contiguous() for name, t in state.items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt", "producer": "calmcap"})
+    os.replace(tmp, path)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def clip_arch_config(arch: str) -> dict:

@@ -22,8 +22,16 @@ class CrossModalVAE(nn.Module):
     def __init__(self, config: AlignmentConfig, num_anchors: int) -> None:
         super().__init__()
         self.latent_dim = config.latent_dim
+        self.input_kind = config.vae_input
         self.encoder = _mlp(num_anchors, config.hidden_dim, 2 * config.latent_dim)
         self.decoder = _mlp(config.latent_dim, config.hidden_dim, num_anchors)
+
+    def encoder_input(self, video_dist: torch.Tensor) -> torch.Tensor:
+        """What the encoder reads of ``V_p`` [B, K] (``alignment.vae_input``)."""
+        if self.input_kind == "log_prob":
+            log_p = video_dist.clamp(min=1e-12).log()
+            return log_p - log_p.mean(-1, keepdim=True)
+        return video_dist
 
     def forward(self, video_dist: torch.Tensor, sample: bool | None = None) -> dict[str, torch.Tensor]:
         """Encode ``video_dist`` [B, K] and decode the text distribution.
@@ -34,7 +42,7 @@ class CrossModalVAE(nn.Module):
         """
         if sample is None:
             sample = self.training
-        mu, logvar = self.encoder(video_dist).chunk(2, dim=-1)
+        mu, logvar = self.encoder(self.encoder_input(video_dist)).chunk(2, dim=-1)
         z = mu + (0.5 * logvar).exp() * torch.randn_like(mu) if sample else mu
         return {
             "mu": mu,

@@ -115,3 +115,27 @@ def test_vitb32_anchor_branch_size():
     expected = 157 * 512 + (157 * 384 + 384) + (384 * 512 + 512) + (256 * 384 + 384) + (384 * 157 + 157)
     assert count == expected
     assert 0.45e6 < count < 0.55e6
+
+
+@pytest.mark.parametrize("detach", [True, False], ids=["detached", "attached"])
+def test_anchor_terms_reach_the_text_tower_only_when_s_p_is_attached(make_model, tiny_batch, detach):
+    """The paper's objective (issue #11): S_p is the VAE's target. Detached (the default), L_rec and
+    L_KL give the text tower exactly zero gradient; attached (the ablation), L_rec moves it."""
+    model = make_model(overrides=[f"alignment.detach_text_dist={str(detach).lower()}"])
+    assert get_model_config("calmcap-tiny").alignment.detach_text_dist is True
+    batch = {k: v for k, v in tiny_batch.items() if k not in ("caption_ids", "caption_mask")}
+    terms = CALMLoss(variant="vae")(model(batch))
+    (terms["loss/rec"] + 0.1 * terms["loss/kl"]).backward()
+
+    def grad_sum(named) -> float:
+        return float(sum(p.grad.abs().sum() for _, p in named if p.grad is not None))
+
+    text_tower = [(n, p) for n, p in model.clip.named_parameters() if not n.startswith("visual.")]
+    image_tower = [(n, p) for n, p in model.clip.named_parameters() if n.startswith("visual.")]
+    if detach:
+        assert grad_sum(text_tower) == 0.0
+    else:
+        assert grad_sum(text_tower) > 0.0
+    # The video side learns either way: V_p is the VAE's input.
+    assert grad_sum(image_tower) > 0.0
+    assert model.anchor_bank.pos_embed.grad.abs().sum() > 0
