@@ -6,7 +6,7 @@ available here lazily (``calmcap.caption_video(path, model=...)``): the attribut
 imports the pipeline, not ``import calmcap``.
 """
 
-__version__ = "0.1.0"
+from calmcap.version import __version__
 
 _PIPELINE_EXPORTS = (
     "caption_video",
@@ -18,8 +18,11 @@ _PIPELINE_EXPORTS = (
     "rank_sentences",
     "explain_video",
     "load_model",
+    "LoadedModel",
     "CaptionOptions",
 )
+
+__all__ = ["__version__", *_PIPELINE_EXPORTS]
 
 
 def __getattr__(name: str):

@@ -8,12 +8,12 @@ fails with a :class:`CheckpointError` naming the problem; there is no half-loade
 Layout::
 
     config.json        {"format": "calmcap-checkpoint", "format_version", "calmcap_version",
-                        "model": ModelConfig, "weights": {"file", "num_bytes", "num_tensors"}}
+                        "model": ModelConfig, "weights": {"file", "num_bytes", "num_tensors"},
+                        optional "generation": DecodeOptions, the decoding the model was
+                        validated with (:func:`read_generation`; used when a caller sets none)}
     model.safetensors  parameters and buffers; tied weights stored once; non-persistent
                        buffers (e.g. open_clip's causal mask) stored under "__buffer__." so a
                        meta-device build can be filled in completely
-                        optional "generation": the beam-search settings the model was
-                        validated with (num_beams, max_length, ...), used when a caller sets none
     tokenizer.model    the SentencePiece caption tokenizer
     anchors.txt        the anchor labels, one per line (empty when the anchor branch is off)
 """
@@ -24,22 +24,24 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from calmcap import __version__
+from calmcap.atomic import atomic_path
 from calmcap.config import CONFIG_FORMAT_VERSION, DecodeOptions, ModelConfig, from_dict
+from calmcap.constants import (
+    CHECKPOINT_ANCHORS_FILE as ANCHORS_FILE,
+    CHECKPOINT_CONFIG_FILE as CONFIG_FILE,
+    CHECKPOINT_TOKENIZER_FILE as TOKENIZER_FILE,
+    CHECKPOINT_WEIGHTS_FILE as WEIGHTS_FILE,
+)
 from calmcap.errors import CheckpointError, ConfigError
+from calmcap.version import __version__
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-TOKENIZER_FILE = "tokenizer.model"
-ANCHORS_FILE = "anchors.txt"
 FORMAT_NAME = "calmcap-checkpoint"
 BUFFER_PREFIX = "__buffer__."
 
@@ -76,60 +78,82 @@ def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
 
 
-def save_pretrained(model: "CALMModel", path: str | os.PathLike) -> Path:  # noqa: F821
-    """Write ``model`` to directory ``path`` atomically (a temporary directory renamed into place)."""
+def save_pretrained(
+    model: "CALMModel",  # noqa: F821
+    path: str | os.PathLike,
+    *,
+    generation: DecodeOptions | None = None,
+) -> Path:
+    """Write ``model`` to directory ``path`` atomically (:func:`calmcap.atomic.atomic_path`).
+
+    ``generation``: the decoding the model was validated with, saved as config.json's
+    ``generation`` so that callers who set nothing decode the same way (:func:`read_generation`).
+    """
     from safetensors.torch import save_file
 
     if model.tokenizer is None:
         raise ValueError("a checkpoint needs the caption tokenizer; build the model with one")
+    if generation is not None:
+        generation.check("generation")
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    tensors = model_tensors(model)
-    save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT_NAME})
-    model.tokenizer.save(tmp / TOKENIZER_FILE)
-    (tmp / ANCHORS_FILE).write_text("".join(f"{label}\n" for label in model.labels), encoding="utf-8")
-    config = {
-        "format": FORMAT_NAME,
-        "format_version": CONFIG_FORMAT_VERSION,
-        "calmcap_version": __version__,
-        "model": model.config.to_json(),
-        "weights": {
-            "file": WEIGHTS_FILE,
-            "num_bytes": (tmp / WEIGHTS_FILE).stat().st_size,
-            "num_tensors": len(tensors),
-        },
-    }
-    if getattr(model, "generation_defaults", None):
-        config["generation"] = check_generation(dict(model.generation_defaults), "generation_defaults")
-    # config.json is written last: a directory without it is never taken for a checkpoint.
-    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        tensors = model_tensors(model)
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT_NAME})
+        model.tokenizer.save(tmp / TOKENIZER_FILE)
+        (tmp / ANCHORS_FILE).write_text("".join(f"{label}\n" for label in model.labels), encoding="utf-8")
+        config = {
+            "format": FORMAT_NAME,
+            "format_version": CONFIG_FORMAT_VERSION,
+            "calmcap_version": __version__,
+            "model": model.config.to_json(),
+            "weights": {
+                "file": WEIGHTS_FILE,
+                "num_bytes": (tmp / WEIGHTS_FILE).stat().st_size,
+                "num_tensors": len(tensors),
+            },
+        }
+        if generation is not None:
+            config["generation"] = dataclasses.asdict(generation)
+        # config.json is written last: a directory without it is never taken for a checkpoint.
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     logger.info("saved checkpoint to %s", path)
     return path
 
 
-def check_generation(settings: object, where: str) -> dict:
-    """Validate saved beam-search settings: known names, numbers of the right kind."""
-    defaults = dataclasses.asdict(DecodeOptions())
+def parse_generation(settings: object, where: str) -> DecodeOptions:
+    """A checkpoint's ``generation`` object as :class:`DecodeOptions`: known names, right kinds, possible values.
+
+    Settings it leaves out take the type's defaults (checkpoints written before the sampling
+    settings joined the type hold the five beam-search settings only).
+    """
     if not isinstance(settings, dict):
         raise CheckpointError(f"{where}: 'generation' must be an object of decoding settings")
+    known = {f.name: type(f.default) for f in dataclasses.fields(DecodeOptions)}
+    values = {}
     for key, value in settings.items():
-        if key not in defaults:
-            raise CheckpointError(f"{where}: unknown generation setting {key!r} (known: {', '.join(defaults)})")
-        kind = type(defaults[key])
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        if key not in known:
+            raise CheckpointError(f"{where}: unknown generation setting {key!r} (known: {', '.join(known)})")
+        kind = known[key]
+        if kind is bool:
+            right = isinstance(value, bool)
+        else:
+            right = not isinstance(value, bool) and isinstance(value, int if kind is int else (int, float))
+        if not right:
             raise CheckpointError(f"{where}: generation setting {key!r} must be {kind.__name__}, got {value!r}")
-    return settings
+        values[key] = float(value) if kind is float else value
+    try:
+        return DecodeOptions(**values).check("generation")
+    except ConfigError as error:
+        raise CheckpointError(f"{where}: {error}") from None
+
+
+def read_generation(path: str | os.PathLike) -> DecodeOptions:
+    """The decoding a checkpoint directory was validated with (the defaults when it records none)."""
+    config_path = Path(path) / CONFIG_FILE
+    read_checkpoint_config(path)  # a readable calmcap checkpoint of a supported version
+    meta = json.loads(config_path.read_text(encoding="utf-8"))
+    return parse_generation(meta.get("generation", {}), str(config_path))
 
 
 def read_checkpoint_config(path: str | os.PathLike) -> ModelConfig:
@@ -182,7 +206,7 @@ def load_pretrained(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise CheckpointError(
             f"{weights_path}: {actual_bytes} bytes but config.json records {expected_bytes} (truncated or replaced)"
         )
-    generation = check_generation(meta.get("generation", {}), str(path / CONFIG_FILE))
+    parse_generation(meta.get("generation", {}), str(path / CONFIG_FILE))  # fail now, not at the first caption
     tokenizer = CaptionTokenizer.load(path / TOKENIZER_FILE)
     anchors_path = path / ANCHORS_FILE
     if not anchors_path.is_file():
@@ -202,7 +226,6 @@ def load_pretrained(path: str | os.PathLike, device: str | torch.device = "cpu")
     with torch.device("meta"):
         model = CALMModel(config, labels, tokenizer, clip_model=build_clip(config.clip, config.image_size, meta=True))
     _assign_tensors(model, tensors, weights_path)
-    model.generation_defaults = dict(generation)
     model.to(device)
     model.eval()
     return model

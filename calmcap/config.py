@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import types
 import typing
@@ -302,16 +303,78 @@ class ModelConfig:
         return to_dict(self)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DecodeOptions:
-    """Caption decoding settings (see :meth:`CaptionDecoder.generate`): a recipe's
-    ``eval.decode``, a checkpoint's ``generation``, and the built-in defaults of both."""
+    """How captions are decoded: the one definition of the settings, their defaults and limits.
+
+    Used by :meth:`calmcap.models.decoder.CaptionDecoder.generate` (which has no defaults of its
+    own), a recipe's ``eval.decode``, a checkpoint's ``generation`` (what its training validated
+    with), the pipeline's :class:`~calmcap.pipeline.CaptionOptions` (overrides of a checkpoint's
+    settings) and the CLI's decoding options and their help.
+
+    ``max_length`` / ``min_length`` count generated tokens. Beam search keeps ``num_beams``
+    hypotheses and ranks them by ``log p / length ** length_penalty``; ``no_repeat_ngram_size``
+    (0: off) forbids repeating any n-gram of that size. ``do_sample`` switches to nucleus
+    sampling (``top_p``, ``temperature``). ``num_return_sequences`` captions come back per video.
+    """
 
     num_beams: int = 3
     max_length: int = 20
     min_length: int = 0
     length_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
+    do_sample: bool = False
+    top_p: float = 1.0
+    temperature: float = 1.0
+    num_return_sequences: int = 1
+
+    # Not named ``validate``: from_dict would call that without the key's place in the config,
+    # and the message must name it (``eval.decode.num_beams``); the owners call check(prefix).
+    def check(self, prefix: str = "") -> "DecodeOptions":
+        """Raise :class:`ConfigError` naming the setting (``prefix.name``) if any is impossible; else self."""
+        self.check_values(dataclasses.asdict(self), prefix)
+        return self
+
+    @staticmethod
+    def check_values(values: dict[str, Any], prefix: str = "") -> None:
+        """:meth:`check` for the settings present in ``values`` (missing or None: not checked).
+
+        A rule between several settings waits until all of them are present, so a partial set
+        (a checkpoint's overrides before they meet the defaults) is checked as far as it goes.
+        """
+
+        def given(*names: str) -> bool:
+            return all(values.get(n) is not None for n in names)
+
+        def key(name: str) -> str:
+            return f"{prefix}.{name}" if prefix else name
+
+        v = values
+        rules = [
+            (not given("num_beams") or v["num_beams"] >= 1, f"{key('num_beams')} must be at least 1, got {v.get('num_beams')}"),
+            (not given("max_length") or v["max_length"] >= 1,
+             f"{key('max_length')} must be at least 1, got {v.get('max_length')}"),
+            (not given("min_length") or v["min_length"] >= 0, f"{key('min_length')} must be >= 0, got {v.get('min_length')}"),
+            (not given("min_length", "max_length") or v["min_length"] <= v["max_length"],
+             f"{key('min_length')} must be between 0 and {key('max_length')} ({v.get('max_length')}), "
+             f"got {v.get('min_length')}"),
+            (not given("length_penalty") or math.isfinite(v["length_penalty"]),
+             f"{key('length_penalty')} must be a finite number, got {v.get('length_penalty')}"),
+            (not given("no_repeat_ngram_size") or v["no_repeat_ngram_size"] >= 0,
+             f"{key('no_repeat_ngram_size')} must be >= 0, got {v.get('no_repeat_ngram_size')}"),
+            (not given("top_p") or 0.0 < v["top_p"] <= 1.0, f"{key('top_p')} must be in (0, 1], got {v.get('top_p')}"),
+            (not given("temperature") or v["temperature"] > 0.0,
+             f"{key('temperature')} must be positive, got {v.get('temperature')}"),
+            (not given("num_return_sequences") or v["num_return_sequences"] >= 1,
+             f"{key('num_return_sequences')} must be at least 1, got {v.get('num_return_sequences')}"),
+            (not given("do_sample", "num_beams", "num_return_sequences") or v["do_sample"]
+             or v["num_return_sequences"] <= v["num_beams"],
+             f"{key('num_return_sequences')} ({v.get('num_return_sequences')}) cannot exceed {key('num_beams')} "
+             f"({v.get('num_beams')}) with beam search; raise num_beams or sample"),
+        ]
+        for ok, message in rules:
+            if not ok:
+                raise ConfigError(message)
 
 
 def list_models() -> list[str]:

@@ -19,7 +19,7 @@ also scored for naming them (:mod:`calmcap.attributes`, ``attr/*`` metrics).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,8 +27,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from calmcap.attributes import ATTRIBUTE_PROTOCOL, attribute_accuracy, has_ground_truth
-from calmcap.config import DecodeOptions  # noqa: F401  (re-exported: evaluate(decode=...))
+from calmcap.config import DecodeOptions
 from calmcap.data.dataset import Collator, VideoCaptionDataset
+from calmcap.errors import CalmcapError
 from calmcap.metrics import (
     RETRIEVAL_PROTOCOL,
     caption_metrics,
@@ -94,7 +95,9 @@ def evaluate(
     progress: bool = False,
 ) -> EvalResult:
     """Caption and/or retrieve over ``dataset`` (mode ``videos``); see the module docstring."""
-    decode = decode or DecodeOptions()
+    decode = (decode or DecodeOptions()).check("decode")
+    if captioning and (decode.do_sample or decode.num_return_sequences != 1):
+        raise CalmcapError("evaluation decodes deterministically with one caption per video (no sampling)")
     core = accelerator.unwrap_model(model) if accelerator is not None else model
     was_training = core.training
     core.eval()
@@ -128,7 +131,7 @@ def evaluate(
             # Beam search is a chain of small ops: one thread is as fast on an idle CPU and
             # several times faster on a busy one (OpenMP workers spin-wait for each other).
             with _single_thread_on_cpu(device):
-                out = core.generate(frame_features=frames, video_mask=mask, **vars(decode))
+                out = core.generate(frame_features=frames, video_mask=mask, options=decode)
             seqs = torch.full((frames.shape[0], seq_len), PAD_ID, dtype=torch.long, device=device)
             length = min(seq_len, out["sequences"].shape[1])
             seqs[:, :length] = out["sequences"][:, :length]
@@ -163,7 +166,7 @@ def evaluate(
             torch.cat(sequences)[torch.from_numpy(position).to(device)] if captioning else None,
             core.tokenizer, all_bad, use_java, meteor,
         )
-        result.protocol.update({"decode": vars(decode), "num_frames": dataset.num_frames, "split": dataset.split})
+        result.protocol.update({"decode": asdict(decode), "num_frames": dataset.num_frames, "split": dataset.split})
     core.train(was_training)
     if accelerator is not None:
         from accelerate.utils import broadcast_object_list
@@ -215,8 +218,6 @@ def _score(
     # ``videos_skipped`` undecodable ones are in it as misses and are not captioned.
     result.counts = {"videos": len(is_valid), "videos_skipped": len(undecodable), "captions": len(owners)}
     if len(keep) == 0:
-        from calmcap.errors import CalmcapError
-
         first = bad_videos[0] if bad_videos else "no readable video"
         raise CalmcapError(f"none of the {len(is_valid)} videos of the split could be decoded (first: {first})")
     if text_embeds is not None:

@@ -38,17 +38,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from calmcap import __version__
+from calmcap.atomic import atomic_write_text
+from calmcap.constants import CHECKPOINT_CONFIG_FILE, CHECKPOINT_WEIGHTS_FILE
 from calmcap.metrics import (
     ATTR_ACTION, ATTR_ALL, ATTR_COLOUR, ATTR_SHAPE, ATTR_SIZE, BLEU_1, BLEU_2, BLEU_3, BLEU_4, CIDER, METEOR,
     RETRIEVAL_PROTOCOL, ROUGE_L,
 )
+from calmcap.version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
     from calmcap.data.manifest import ManifestEntry
     from calmcap.evaluation import EvalResult
     from calmcap.models.calm import CALMModel
-    from calmcap.pipeline import AnchorExplanation
+    from calmcap.pipeline.explain import AnchorExplanation
 
 logger = logging.getLogger(__name__)
 
@@ -93,13 +95,13 @@ def config_fingerprint(model: "CALMModel") -> str:
     return hashlib.sha256(json.dumps(model.config.to_json(), sort_keys=True).encode()).hexdigest()
 
 
-def model_identity(model: "CALMModel", hash_weights: bool = True) -> dict[str, Any]:
+def model_identity(model: "CALMModel", path: str | os.PathLike | None = None, hash_weights: bool = True) -> dict[str, Any]:
     """What model a report or index was made with.
 
-    ``path`` and ``weights`` come from the checkpoint the model was loaded from
-    (``calmcap.pipeline.load_model`` records it); a model built in memory has ``path=None``.
+    ``path`` is the checkpoint directory the model was loaded from
+    (:attr:`calmcap.pipeline.LoadedModel.path`); the identity then records its weights file.
+    A model built in memory has ``path=None``.
     """
-    path = getattr(model, "checkpoint_path", None)
     identity: dict[str, Any] = {
         "path": str(Path(path).resolve()) if path is not None else None,
         "name": model.config.name,
@@ -112,20 +114,21 @@ def model_identity(model: "CALMModel", hash_weights: bool = True) -> dict[str, A
         "sha256": None,
     }
     if path is not None:
-        weights = Path(path) / "model.safetensors"
+        weights = Path(path) / CHECKPOINT_WEIGHTS_FILE
         stat = weights.stat()
         identity["weights"] = {"file": weights.name, "num_bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         if hash_weights:
             identity["sha256"] = file_sha256(weights)
         try:
-            identity["calmcap_version"] = json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("calmcap_version")
+            meta = json.loads((Path(path) / CHECKPOINT_CONFIG_FILE).read_text(encoding="utf-8"))
+            identity["calmcap_version"] = meta.get("calmcap_version")
         except (OSError, ValueError):
             pass
     return identity
 
 
-def same_model(stored: dict[str, Any], model: "CALMModel") -> bool:
-    """Whether ``model`` is the one ``stored`` (a :func:`model_identity`) describes.
+def same_model(stored: dict[str, Any], model: "CALMModel", path: str | os.PathLike | None = None) -> bool:
+    """Whether ``model``, loaded from checkpoint ``path``, is the one ``stored`` (a :func:`model_identity`) describes.
 
     Cheap when possible: a different architecture config is a mismatch; the same weights file
     (size and mtime) is a match; otherwise the weights are hashed and compared. A model built
@@ -133,11 +136,10 @@ def same_model(stored: dict[str, Any], model: "CALMModel") -> bool:
     """
     if stored.get("config_sha256") and stored["config_sha256"] != config_fingerprint(model):
         return False
-    path = getattr(model, "checkpoint_path", None)
     if path is None or not stored.get("sha256"):
         logger.warning("cannot compare model weights (no checkpoint file on one side); trusting the architecture match")
         return True
-    weights = Path(path) / "model.safetensors"
+    weights = Path(path) / CHECKPOINT_WEIGHTS_FILE
     stat = weights.stat()
     recorded = stored.get("weights") or {}
     if str(Path(path).resolve()) == stored.get("path") and recorded.get("num_bytes") == stat.st_size \
@@ -407,8 +409,8 @@ class BenchmarkReport:
             files = {"recall": RECALL_PNG, "ranks": RANK_PNG}
             written["recall_at_k"] = out / RECALL_PNG
             written["rank_histogram"] = out / RANK_PNG
-        _write_text(out / REPORT_JSON, json.dumps(self.to_json(), indent=2) + "\n")
-        _write_text(out / REPORT_MD, self.markdown(files) + "\n")
+        atomic_write_text(out / REPORT_JSON, json.dumps(self.to_json(), indent=2) + "\n")
+        atomic_write_text(out / REPORT_MD, self.markdown(files) + "\n")
         written["report.json"] = out / REPORT_JSON
         written["report.md"] = out / REPORT_MD
         self.files = written
@@ -429,17 +431,11 @@ def read_report(path: str | os.PathLike) -> dict[str, Any]:
 # ============================================================================ helpers
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_predictions(path: str | os.PathLike, predictions: dict[str, str]) -> Path:
     """COCO-style captions ``[{"image_id": id, "caption": text}]``, sorted by id."""
     path = Path(path)
     items = [{"image_id": key, "caption": predictions[key]} for key in sorted(predictions)]
-    _write_text(path, json.dumps(items, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(path, json.dumps(items, indent=1, ensure_ascii=False) + "\n")
     return path
 
 

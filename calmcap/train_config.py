@@ -69,6 +69,8 @@ class OptimConfig:
     # Decoupled weight decay of the anchor offsets e_k alone: it pulls each anchor a_k = p_k + e_k
     # back towards its label prompt p_k (0: no pull; issue #11 measured the choice).
     anchor_offset_decay: float = 0.0
+    # Learning rate of the anchor offsets e_k (null: optim.lr, that of the other new modules).
+    anchor_offset_lr: float | None = None
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
     warmup_steps: int = 100
@@ -98,7 +100,14 @@ class EvalConfig:
     max_videos: int | None = None  # evaluate on the first N validation videos (speed)
     batch_size: int = 64
     meteor: bool = False  # METEOR costs a JVM start per evaluation; final reports include it
+    # How validation captions; saved into exported checkpoints as their "generation".
     decode: DecodeOptions = field(default_factory=DecodeOptions)
+
+    def validate(self) -> None:
+        self.decode.check("eval.decode")
+        if self.decode.do_sample or self.decode.num_return_sequences != 1:
+            raise ConfigError("eval.decode: evaluation decodes deterministically with one caption per video "
+                              "(do_sample: false, num_return_sequences: 1)")
 
 
 @dataclass

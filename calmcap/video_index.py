@@ -35,6 +35,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from calmcap.atomic import atomic_path, atomic_write_text
 from calmcap.errors import CalmcapError
 
 logger = logging.getLogger(__name__)
@@ -78,16 +79,12 @@ def _now() -> str:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as handle:
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:
         np.save(handle, array)
-    os.replace(tmp, path)
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -326,8 +323,10 @@ class IndexWriter:
         blocks, ids, parts = _load_all(self.path, int(self.meta["embed_dim"]))
         if parts:
             matrix = np.concatenate(blocks) if blocks else np.zeros((0, int(self.meta["embed_dim"])), dtype=np.float16)
+            # Two files change together: the ids are staged under a fixed name first, so that a merge
+            # stopped between the two renames is finished by the next open (_load_main).
             staged_ids = self.path / f".{IDS_FILE}.tmp"
-            staged_ids.write_text(json.dumps(ids, ensure_ascii=False) + "\n", encoding="utf-8")
+            atomic_write_text(staged_ids, json.dumps(ids, ensure_ascii=False) + "\n")
             _save_npy(self.path / EMBEDDINGS_FILE, matrix.astype(np.float16, copy=False))
             os.replace(staged_ids, self.path / IDS_FILE)
             for npy, ids_path in parts:

@@ -235,8 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from calmcap.data.dataset import VideoSource
+    from calmcap.data.feature_cache import cache_features
+    from calmcap.data.frame_cache import cache_frames
     from calmcap.data.manifest import read_manifest
-    from calmcap.data.preparation import cache_features, cache_frames
     from calmcap.tokenizer import CaptionTokenizer
 
     torch.set_num_threads(args.threads)

@@ -17,7 +17,6 @@ resolved run config), ``tokenizer.model``, ``metrics.jsonl``, ``curves.png``,
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import math
@@ -33,6 +32,7 @@ from accelerate import Accelerator, skip_first_batches
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
+from calmcap.checkpoint import read_generation, save_pretrained
 from calmcap.cider import CiderD
 from calmcap.config import get_model_config
 from calmcap.data.dataset import Collator, VideoCaptionDataset, VideoSource
@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def prepare_data(cfg: TrainConfig, accelerator: Accelerator, image_size: int) -> None:
+def generate_missing_data(cfg: TrainConfig, accelerator: Accelerator, image_size: int) -> None:
     """Generate the embedded benchmark and the frame cache if the config asks and they are missing."""
     manifest = Path(cfg.data.manifest)
     if accelerator.is_main_process:
@@ -94,7 +94,7 @@ def prepare_data(cfg: TrainConfig, accelerator: Accelerator, image_size: int) ->
                                    num_test_ood_visual=s.num_test_ood_visual, num_test_ood_text=s.num_test_ood_text,
                                    workers=s.workers)
         if cfg.data.frame_cache:
-            from calmcap.data.preparation import cache_frames
+            from calmcap.data.frame_cache import cache_frames
 
             splits = sorted({cfg.data.train_split, cfg.data.val_split})
             cache_frames(manifest, cfg.data.frame_cache, image_size, splits=splits, workers=max(1, cfg.data.num_workers))
@@ -150,12 +150,13 @@ def train(args: argparse.Namespace) -> int:
 
     # ---- data, tokenizer, model
     model_config = get_model_config(cfg.model.name, cfg.model.overrides)
-    prepare_data(cfg, accelerator, model_config.image_size)
+    generate_missing_data(cfg, accelerator, model_config.image_size)
     tokenizer = build_tokenizer(cfg, accelerator, out)
-    set_seed(cfg.seed)  # the model's init does not depend on what preparation consumed
+    set_seed(cfg.seed)  # the model's init does not depend on what data generation consumed
     model = build_model(cfg, tokenizer)
-    if captioning:  # exported checkpoints decode as validation did unless a caller says otherwise
-        model.generation_defaults = dataclasses.asdict(cfg.eval.decode)
+    # Exported checkpoints decode as validation did unless a caller says otherwise (a retrieval run
+    # keeps its starting model's decoder, and the decoding that was validated with it).
+    generation = cfg.eval.decode if captioning else (read_generation(cfg.model.init_from) if cfg.model.init_from else None)
     if cfg.train.freeze_image_tower or cfg.data.feature_cache:
         model.clip.visual.requires_grad_(False)
     if cfg.train.freeze_text_tower:
@@ -196,7 +197,8 @@ def train(args: argparse.Namespace) -> int:
                               num_workers=cfg.data.num_workers, collate_fn=collate)
 
     optimizer = torch.optim.AdamW(
-        parameter_groups(model, cfg.optim.lr, cfg.optim.clip_lr, cfg.optim.weight_decay, cfg.optim.anchor_offset_decay),
+        parameter_groups(model, cfg.optim.lr, cfg.optim.clip_lr, cfg.optim.weight_decay,
+                         cfg.optim.anchor_offset_decay, cfg.optim.anchor_offset_lr),
         betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
     )
     steps_per_epoch = len(train_loader) // max(1, accelerator.num_processes) // cfg.optim.grad_accum_steps
@@ -239,7 +241,7 @@ def train(args: argparse.Namespace) -> int:
             state.best_metric, state.best_step = score, state.step
             assert_finite(core)
             if accelerator.is_main_process:
-                core.save_pretrained(out / "best")
+                save_pretrained(core, out / "best", generation=generation)
         accelerator.wait_for_everyone()
         logger.info("step %d: %s", state.step, ", ".join(f"{k}={v:.2f}" for k, v in metrics.items() if "/" in k))
         return metrics
@@ -358,7 +360,7 @@ def train(args: argparse.Namespace) -> int:
             os.replace(tmp, final)
         else:
             assert_finite(core)
-            core.save_pretrained(final)
+            save_pretrained(core, final, generation=generation)
         best = state.best_metric if math.isfinite(state.best_metric) else None  # None: never evaluated
         summary = {"steps": state.step, "best_step": state.best_step, "best_metric": best,
                    "metric": cfg.eval.metric, "skipped_steps": state.skipped_steps,

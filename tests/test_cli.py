@@ -197,7 +197,7 @@ def test_index_resume_and_retrieve_ordering(model_dir, synth_small, tmp_path, ca
     query = "a large red star spins"
     assert main(["retrieve", "--model", model_dir, "--index", str(index), "--query", query, "--top-k", "10", "--json"]) == 0
     results = json.loads(capsys.readouterr().out)[0]["results"]
-    model = load_model(model_dir)
+    model = load_model(model_dir).model
     with torch.inference_mode():
         clips = [decode_clip(v, 8, 64) for v in videos]
         embeds = model.encode_video(torch.stack([c.video for c in clips]), torch.stack([c.mask for c in clips])).numpy()
@@ -229,7 +229,7 @@ def test_explain_text_json_png_and_baseline_error(checkpoints, synth_small, tmp_
     png = tmp_path / "anchors.png"
     assert main(["explain", video, "--model", str(checkpoints["calm"]), "--top-k", "4", "--out", str(png), "--caption", "a red star"]) == 0
     out = capsys.readouterr().out
-    assert "caption (given): a red star" in out and "of 157 anchors of the video (V_p)" in out and "(S_p_hat)" in out
+    assert "caption (given): a red star" in out and "of 55 anchors of the video (V_p)" in out and "(S_p_hat)" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
     assert main(["explain", video, "--model", str(checkpoints["calm"]), "--top-k", "3", "--json"]) == 0
@@ -243,9 +243,9 @@ def test_explain_text_json_png_and_baseline_error(checkpoints, synth_small, tmp_
     assert len(err) == 1 and "no anchor branch" in err[0]
 
 
-def test_check_and_cache_are_forwarded(synth_small, tmp_path, capsys):
-    # Arguments reach calmcap.data.preparation untouched (options first included); its output
-    # text is that module's business, so only exit codes and files are checked here.
+def test_check_and_cache_parse_their_arguments(synth_small, tmp_path, capsys):
+    # Options before positional arguments included; the printed summaries are checked in
+    # tests/data/test_check_and_caches.py, only exit codes and files here.
     assert main(["check", "--workers", "0", str(synth_small), "--split", "test", "--no-progress", "--out", str(tmp_path / "check")]) == 0
     assert (tmp_path / "check" / "summary.json").is_file()
     assert main(["cache", str(synth_small), "--cache-dir", str(tmp_path / "cache"), "--split", "test",

@@ -80,3 +80,51 @@ def test_yaml_float_spelling_without_a_dot():
     assert get_model_config("calmcap-tiny", ["anchors.tau=1e2"]).anchors.tau == 100.0
     with pytest.raises(ConfigError, match="expected a number"):
         get_model_config("calmcap-tiny", ["anchors.tau=fast"])
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"num_beams": 0}, r"^num_beams must be at least 1, got 0"),
+    ({"max_length": 0}, r"^max_length must be at least 1"),
+    ({"min_length": -1}, r"^min_length must be >= 0"),
+    ({"min_length": 21}, r"^min_length must be between 0 and max_length \(20\), got 21"),
+    ({"length_penalty": float("nan")}, r"^length_penalty must be a finite number"),
+    ({"length_penalty": float("inf")}, r"^length_penalty must be a finite number"),
+    ({"no_repeat_ngram_size": -1}, r"^no_repeat_ngram_size must be >= 0"),
+    ({"top_p": 0.0}, r"^top_p must be in \(0, 1\]"),
+    ({"top_p": 1.5}, r"^top_p must be in \(0, 1\]"),
+    ({"temperature": 0.0}, r"^temperature must be positive"),
+    ({"num_return_sequences": 0}, r"^num_return_sequences must be at least 1"),
+    ({"num_return_sequences": 4}, r"^num_return_sequences \(4\) cannot exceed num_beams \(3\) with beam search"),
+])
+def test_decode_options_reject_impossible_settings(settings, message):
+    from dataclasses import replace
+
+    from calmcap.config import DecodeOptions
+
+    with pytest.raises(ConfigError, match=message):
+        replace(DecodeOptions(), **settings).check()
+    # The message names the setting where it sits (a recipe's eval.decode, a checkpoint's generation).
+    key = message.lstrip("^").split(" ")[0]
+    with pytest.raises(ConfigError, match=r"^eval\.decode\." + key):
+        replace(DecodeOptions(), **settings).check("eval.decode")
+
+
+def test_decode_options_accept_their_limits():
+    from calmcap.config import DecodeOptions
+
+    assert DecodeOptions().check() == DecodeOptions()
+    DecodeOptions(num_beams=1, max_length=1, min_length=1, length_penalty=-2.0, top_p=1.0).check()
+    DecodeOptions(do_sample=True, num_beams=1, num_return_sequences=5, top_p=0.01, temperature=0.1).check()
+    DecodeOptions(num_beams=4, num_return_sequences=4).check()
+
+
+def test_decode_options_check_a_partial_set_as_far_as_it_goes():
+    from calmcap.config import DecodeOptions
+
+    DecodeOptions.check_values({"min_length": 30})  # no max_length yet: nothing to compare with
+    DecodeOptions.check_values({"num_return_sequences": 4, "num_beams": 3})  # sampling or not is unknown
+    DecodeOptions.check_values({"num_return_sequences": 4, "num_beams": 3, "do_sample": True})
+    with pytest.raises(ConfigError, match="cannot exceed"):
+        DecodeOptions.check_values({"num_return_sequences": 4, "num_beams": 3, "do_sample": False})
+    with pytest.raises(ConfigError, match="num_beams"):
+        DecodeOptions.check_values({"num_beams": 0, "top_p": None})

@@ -64,6 +64,7 @@ def _records(out, kind):
 
 
 def test_two_processes_evaluate_exactly_like_one(synth_small, tmp_path):
+    from calmcap.checkpoint import read_generation
     from calmcap.data.dataset import VideoCaptionDataset
     from calmcap.evaluation import DecodeOptions, evaluate
     from calmcap.models.calm import CALMModel
@@ -79,7 +80,8 @@ def test_two_processes_evaluate_exactly_like_one(synth_small, tmp_path):
 
     model = CALMModel.from_pretrained(out / "model")
     # The exported model decodes as its validation did when a caller sets nothing (calmcap caption).
-    assert model.generation_defaults["max_length"] == 8 and model.generation_defaults["num_beams"] == 3
+    generation = read_generation(out / "model")
+    assert generation.max_length == 8 and generation.num_beams == 3
     dataset = VideoCaptionDataset(synth_small, "val", model.config.num_frames, model.config.image_size, mode="videos")
     single = evaluate(model, dataset, batch_size=5, decode=DecodeOptions(max_length=8), meteor=False)
     assert single.counts["videos"] == 7

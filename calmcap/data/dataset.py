@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from calmcap.data.cache import FEATURES, FRAMES, cache_file, load_array
+from calmcap.constants import FEATURES, FRAMES, MAX_FRAME_SIDE
+from calmcap.data.cache import cache_file, load_array
 from calmcap.data.manifest import ManifestEntry, read_manifest, resolve_video_path
 from calmcap.data.transforms import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, clip_transform
 from calmcap.data.video import read_frames, sample_indices
@@ -49,9 +50,8 @@ class VideoSource:
     feature_cache: str | None = None
     frame_cache: str | None = None
     backend: str = "auto"
-    # Bound decoder memory on huge videos: frames whose larger side exceeds this are
-    # downscaled inside the decoder (issue #7); CLIP resizes far below it anyway.
-    max_side: int | None = 1280
+    # Bound decoder memory on huge videos (issue #7; see calmcap.constants).
+    max_side: int | None = MAX_FRAME_SIDE
 
 
 class VideoCaptionDataset(Dataset):

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from calmcap.atomic import atomic_path
+from calmcap.constants import MANIFEST_FILE
 from calmcap.errors import ManifestError
 
 REQUIRED_FIELDS = ("video_id", "video", "captions", "split")
@@ -104,13 +106,10 @@ def parse_entry(obj: Any, path: str | os.PathLike = "<manifest>", line: int = 0)
     )
 
 
-MANIFEST_NAME = "manifest.jsonl"
-
-
 def manifest_file(path: str | os.PathLike) -> Path:
     """A manifest path; a directory stands for its ``manifest.jsonl``."""
     path = Path(path)
-    return path / MANIFEST_NAME if path.is_dir() else path
+    return path / MANIFEST_FILE if path.is_dir() else path
 
 
 def iter_manifest(path: str | os.PathLike) -> Iterator[ManifestEntry]:
@@ -134,11 +133,17 @@ def iter_manifest(path: str | os.PathLike) -> Iterator[ManifestEntry]:
             yield entry
 
 
+def split_names(splits: Iterable[str] | str | None) -> list[str] | None:
+    """A ``splits`` argument (one name, several, or None for all) as a list, or None."""
+    if splits is None:
+        return None
+    return [splits] if isinstance(splits, str) else list(splits)
+
+
 def read_manifest(path: str | os.PathLike, splits: Iterable[str] | str | None = None) -> list[ManifestEntry]:
     """Read a manifest, optionally keeping only the given split(s)."""
-    if isinstance(splits, str):
-        splits = [splits]
-    wanted = None if splits is None else set(splits)
+    names = split_names(splits)
+    wanted = None if names is None else set(names)
     entries = [e for e in iter_manifest(path) if wanted is None or e.split in wanted]
     if wanted is not None and not entries:
         raise ManifestError(f"{path}: no videos in split(s) {sorted(wanted)}")
@@ -148,12 +153,9 @@ def read_manifest(path: str | os.PathLike, splits: Iterable[str] | str | None = 
 def write_manifest(path: str | os.PathLike, entries: Iterable[ManifestEntry]) -> Path:
     """Write entries as JSON lines, atomically (a temporary file renamed into place)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as handle:
         for entry in entries:
             handle.write(json.dumps(entry.to_json(), ensure_ascii=False, sort_keys=True) + "\n")
-    os.replace(tmp, path)
     return path
 
 

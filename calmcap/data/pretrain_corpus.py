@@ -330,7 +330,7 @@ def _render_one(task: synth.RenderTask) -> dict[str, Any]:
     frames = synth._render_frames(scene, rng, spec, task.size, task.num_frames)
     video_id = f"{task.split}_{task.index:06d}"
     relative = f"videos/{task.split}/{video_id}.mp4"
-    synth._encode_mp4(frames, Path(task.out_dir) / relative, task.fps, task.gop)
+    synth.encode_bitexact_mp4(frames, Path(task.out_dir) / relative, task.fps, task.gop)
     extra = {key: scene[key] for key in ("shape", "colour", "size", "action", "background", "radius_px",
                                          "radius_fraction", "distractors", "palette_family", "size_family",
                                          "background_family")}

@@ -1,6 +1,6 @@
 """The embedded benchmark: procedurally rendered shapes-and-actions videos with paraphrased captions.
 
-``calmcap synth OUT_DIR`` (this module's :func:`main`) renders a video-caption dataset with no
+``calmcap synth OUT_DIR`` (:func:`generate_benchmark`) renders a video-caption dataset with no
 download (DESIGN.md section 4, "Embedded benchmark"). Each video shows one *main object* (a shape
 with a colour, a size and an action) plus faded *distractor* objects doing their own things on a
 textured *background*. The captions describe the main object only and rarely the background, so
@@ -32,7 +32,6 @@ import logging
 import math
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -43,6 +42,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from calmcap.constants import MANIFEST_FILE
 from calmcap.data.manifest import ManifestEntry, write_manifest
 from calmcap.errors import CalmcapError, ConfigError
 from calmcap.metrics import chance_recall, hit_probability
@@ -585,7 +585,7 @@ def _render_frames(scene: dict[str, Any], rng: np.random.Generator, domain: Doma
 
 
 # --------------------------------------------------------------------------------------------
-# Encoding: raw rgb24 frames piped into the ffmpeg binary that imageio-ffmpeg ships.
+# Encoding: calmcap.data.video.encode_video with settings that make the bytes reproducible.
 
 
 def _fps_arg(fps: float) -> str:
@@ -593,32 +593,23 @@ def _fps_arg(fps: float) -> str:
     return str(frac.numerator) if frac.denominator == 1 else f"{frac.numerator}/{frac.denominator}"
 
 
-def _encode_mp4(frames: np.ndarray, path: Path, fps: float, gop: int) -> None:
-    """Encode ``frames: [T, H, W, 3] uint8`` RGB to H.264 in ``path`` (written atomically).
+# One encoder thread, no B-frames, and the bitexact flags (no version strings, no creation
+# time): with a fixed GOP and scene-cut detection off, the same frames give the same bytes with
+# the same ffmpeg binary, whatever the machine's core count.
+_BITEXACT_ARGS = ("-filter_threads", "1", "-bf", "0", "-map_metadata", "-1", "-fflags", "+bitexact",
+                  "-flags:v", "+bitexact", "-movflags", "+faststart", "-f", "mp4")
 
-    One encoder thread, a fixed GOP with scene-cut detection off, no B-frames, and the
-    bitexact flags (no version strings, no creation time): the same frames give the same bytes
-    with the same ffmpeg binary.
+
+def encode_bitexact_mp4(frames: np.ndarray, path: Path, fps: float, gop: int) -> None:
+    """Encode ``frames: [T, H, W, 3] uint8`` RGB to H.264 in ``path`` (written atomically), reproducibly.
+
+    :func:`calmcap.data.video.encode_video` (libx264, CRF 18, yuv420p) with a keyframe every
+    ``gop`` frames and the settings above: same frames, same bytes.
     """
-    import imageio_ffmpeg  # local: only the generator needs the binary
+    from calmcap.data.video import encode_video
 
-    num_frames, height, width, _ = frames.shape
-    tmp = path.with_name(path.name + ".part")
-    cmd = [
-        imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
-        "-filter_threads", "1",
-        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", _fps_arg(fps), "-i", "pipe:0",
-        "-an", "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-threads", "1",
-        "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0", "-bf", "0",
-        "-pix_fmt", "yuv420p", "-map_metadata", "-1", "-fflags", "+bitexact", "-flags:v", "+bitexact",
-        "-movflags", "+faststart", "-f", "mp4", str(tmp),
-    ]
-    result = subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), capture_output=True, check=False)
-    if result.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        message = result.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise CalmcapError(f"ffmpeg failed to encode {path}: {message[-1] if message else 'exit ' + str(result.returncode)}")
-    os.replace(tmp, path)
+    encode_video(path, frames, _fps_arg(fps), codec="libx264", keyframe_interval=gop, crf=18, threads=1,
+                 extra_args=_BITEXACT_ARGS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -712,7 +703,7 @@ def _generate_one(task: RenderTask) -> dict[str, Any]:
     frames = _render_frames(scene, rng, rendering, task.size, task.num_frames)
     video_id = f"{task.split}_{task.index:05d}"
     relative = f"videos/{task.split}/{video_id}.mp4"
-    _encode_mp4(frames, Path(task.out_dir) / relative, task.fps, task.gop)
+    encode_bitexact_mp4(frames, Path(task.out_dir) / relative, task.fps, task.gop)
     extra = {
         "domain": rendering.name,
         "wording_domain": wording.name,
@@ -788,7 +779,7 @@ def _check_int(name: str, value: int, minimum: int) -> int:
 
 
 def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    manifest = out_dir / "manifest.jsonl"
+    manifest = out_dir / MANIFEST_FILE
     if manifest.exists():
         if not overwrite:
             raise CalmcapError(f"{out_dir} already holds a benchmark ({manifest.name}); pass --overwrite to replace it")
@@ -894,7 +885,7 @@ def generate_benchmark(
     seconds = time.perf_counter() - start
 
     entries = [ManifestEntry(**row) for row in rows]
-    manifest = write_manifest(out / "manifest.jsonl", entries)
+    manifest = write_manifest(out / MANIFEST_FILE, entries)
     shutil.copyfile(concepts_path(), out / "concepts.txt")
 
     splits_info: dict[str, Any] = {}
@@ -939,14 +930,7 @@ def generate_benchmark(
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``calmcap synth`` (its parser and printed summary live with the CLI: :mod:`calmcap.cli_data`)."""
-    from calmcap.cli_data import synth_main
+if __name__ == "__main__":  # `python -m calmcap.data.synth OUT_DIR ...` is `calmcap synth OUT_DIR ...`
+    from calmcap.cli import main
 
-    return synth_main(argv)
-
-
-if __name__ == "__main__":
-    from calmcap.cli import main as cli_main
-
-    sys.exit(cli_main(["synth", *sys.argv[1:]]))
+    sys.exit(main(["synth", *sys.argv[1:]]))

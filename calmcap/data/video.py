@@ -36,7 +36,6 @@ import json
 import logging
 import math
 import os
-import secrets
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from typing import Any, Iterable, Literal, NamedTuple, Union
 
 import numpy as np
 
+from calmcap.atomic import atomic_path, atomic_write_text
 from calmcap.errors import CalmcapError, VideoDecodeError
 
 logger = logging.getLogger(__name__)
@@ -234,9 +234,14 @@ def _one_line(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _resolve_backends(backend: str) -> list[str]:
+def check_backend(backend: str) -> None:
+    """Raise ValueError unless ``backend`` is one of :data:`BACKENDS`."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def _resolve_backends(backend: str) -> list[str]:
+    check_backend(backend)
     if backend != "auto":
         return [backend]
     if _decord_available():
@@ -665,8 +670,7 @@ def probe_video(path: PathLike, backend: Backend = "auto", cache_dir: PathLike |
             stream, no frames, or is truncated.
     """
     abs_path, size, mtime_ns = _check_file(path)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)
     disk_path = None
     if cache_dir is not None:
         disk_path = _disk_cache_path(cache_dir, abs_path, size, mtime_ns, backend)
@@ -682,7 +686,7 @@ def probe_video(path: PathLike, backend: Backend = "auto", cache_dir: PathLike |
     except VideoDecodeError as e:
         raise VideoDecodeError(str(path), e.reason) from None
     if disk_path is not None:
-        _write_json_atomic(disk_path, info.to_json())
+        _write_probe_cache(disk_path, info.to_json())
     # The cached record is shared: hand out a copy of its only mutable field.
     return dataclasses.replace(info, keyframe_indices=_copy_list(info.keyframe_indices))
 
@@ -691,13 +695,9 @@ def _copy_list(values: list[int] | None) -> list[int] | None:
     return None if values is None else list(values)
 
 
-def _write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
+def _write_probe_cache(path: Path, obj: dict[str, Any]) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".probe-", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(obj))
     except OSError as e:
         logger.warning("cannot write probe cache file %s (%s)", path, e)
 
@@ -885,44 +885,41 @@ def encode_video(
         cmd += ["-threads", str(threads)]
     cmd += ["-pix_fmt", pix_fmt, *map(str, extra_args)]
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name next to the output (same file system, so os.replace is atomic). Not
-    # mkstemp: FFmpeg creates the file itself, so it gets the usual umask permissions, not 0600.
-    tmp_name = str(out_path.with_name(f".{out_path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp{out_path.suffix}"))
-    cmd.append(tmp_name)
-    # stderr goes to a file, not a pipe: a chatty encoder can then never block on a full pipe
-    # while we block writing frames to its stdin.
-    with tempfile.TemporaryFile() as stderr_file:
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr_file)
-        try:
-            assert proc.stdin is not None
-            count = 0
+    # FFmpeg writes a temporary next to the output (same file system, so the rename is atomic),
+    # named with the output's suffix as it picks the container from it. It creates the file
+    # itself, so the file gets the usual umask permissions.
+    with atomic_path(out_path) as tmp:
+        cmd.append(str(tmp))
+        # stderr goes to a file, not a pipe: a chatty encoder can then never block on a full pipe
+        # while we block writing frames to its stdin.
+        with tempfile.TemporaryFile() as stderr_file:
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr_file)
             try:
-                proc.stdin.write(first.tobytes())
-                count = 1
-                for frame in iterator:
-                    proc.stdin.write(_check_frame(frame, (height, width)).tobytes())
-                    count += 1
-            except BrokenPipeError:
-                pass  # FFmpeg exited early; its message is read below
-            finally:
+                assert proc.stdin is not None
+                count = 0
                 try:
-                    proc.stdin.close()
+                    proc.stdin.write(first.tobytes())
+                    count = 1
+                    for frame in iterator:
+                        proc.stdin.write(_check_frame(frame, (height, width)).tobytes())
+                        count += 1
                 except BrokenPipeError:
-                    pass
-            returncode = proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            _remove_quietly(tmp_name)
-            raise
-        if returncode != 0:
-            stderr_file.seek(0)
-            message = stderr_file.read().decode(errors="replace").strip().splitlines()
-            _remove_quietly(tmp_name)
-            tail = " | ".join(message[-3:]) if message else f"exit code {returncode}"
-            raise RuntimeError(f"ffmpeg failed to encode {out_path} with {codec}: {tail}")
-    os.replace(tmp_name, out_path)
+                    pass  # FFmpeg exited early; its message is read below
+                finally:
+                    try:
+                        proc.stdin.close()
+                    except BrokenPipeError:
+                        pass
+                returncode = proc.wait()
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            if returncode != 0:
+                stderr_file.seek(0)
+                message = stderr_file.read().decode(errors="replace").strip().splitlines()
+                tail = " | ".join(message[-3:]) if message else f"exit code {returncode}"
+                raise RuntimeError(f"ffmpeg failed to encode {out_path} with {codec}: {tail}")
     logger.debug("encoded %d frames (%dx%d, %s fps, %s) to %s", count, width, height, fps, codec, out_path)
     return out_path
 
@@ -942,10 +939,3 @@ def _check_frame(frame: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     if size is not None and frame.shape[:2] != size:
         raise ValueError(f"frame size changed from {size} to {frame.shape[:2]}")
     return np.ascontiguousarray(frame)
-
-
-def _remove_quietly(name: str) -> None:
-    try:
-        os.unlink(name)
-    except OSError:
-        pass

@@ -8,12 +8,13 @@ inference, a sample ``z`` in training), so the latent conditions every generated
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 from torch import nn
 
-from calmcap.config import DecoderConfig
+from calmcap.config import DecodeOptions, DecoderConfig
 from calmcap.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -97,27 +98,28 @@ class CaptionDecoder(nn.Module):
         self,
         memory: torch.Tensor,
         memory_mask: torch.Tensor,
+        options: DecodeOptions | None = None,
         *,
-        num_beams: int = 3,
-        max_length: int = 20,
-        min_length: int = 0,
-        length_penalty: float = 1.0,
-        no_repeat_ngram_size: int = 0,
-        do_sample: bool = False,
-        top_p: float = 1.0,
-        temperature: float = 1.0,
-        num_return_sequences: int = 1,
         use_cache: bool = True,
         generator_kwargs: dict[str, Any] | None = None,
+        **settings: Any,
     ) -> dict[str, torch.Tensor]:
-        """Decode captions. ``max_length``/``min_length`` count new tokens (bos excluded).
+        """Decode captions from memory [B, M, W] and memory_mask [B, M].
+
+        ``options`` (default :class:`DecodeOptions`'s defaults), with any of its fields
+        overridden by keyword (``num_beams=1``), says how; the settings are checked first.
+        ``max_length``/``min_length`` count new tokens (bos excluded).
 
         Returns ``sequences`` [B * num_return_sequences, L] (without the leading bos) and
         ``scores`` [B * num_return_sequences] (length-penalised log-probability for beam
         search, mean token log-probability otherwise).
         """
+        unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(DecodeOptions)})
+        if unknown:
+            raise TypeError(f"unknown decoding setting(s) {unknown}; see calmcap.config.DecodeOptions")
+        options = dataclasses.replace(options or DecodeOptions(), **settings).check()
         batch = memory.shape[0]
-        max_new = min(max_length, self.config.max_positions - 1)
+        max_new = min(options.max_length, self.config.max_positions - 1)
         input_ids = torch.full((batch, 1), BOS_ID, dtype=torch.long, device=memory.device)
         kwargs: dict[str, Any] = dict(
             input_ids=input_ids,
@@ -125,12 +127,12 @@ class CaptionDecoder(nn.Module):
             encoder_hidden_states=memory,
             encoder_attention_mask=memory_mask,
             max_new_tokens=max_new,
-            min_new_tokens=min(min_length, max_new),
-            num_beams=num_beams,
-            num_return_sequences=num_return_sequences,
-            length_penalty=length_penalty,
-            no_repeat_ngram_size=no_repeat_ngram_size,
-            do_sample=do_sample,
+            min_new_tokens=min(options.min_length, max_new),
+            num_beams=options.num_beams,
+            num_return_sequences=options.num_return_sequences,
+            length_penalty=options.length_penalty,
+            no_repeat_ngram_size=options.no_repeat_ngram_size,
+            do_sample=options.do_sample,
             use_cache=use_cache,
             bos_token_id=BOS_ID,
             eos_token_id=EOS_ID,
@@ -140,8 +142,8 @@ class CaptionDecoder(nn.Module):
             return_dict_in_generate=True,
             output_scores=True,
         )
-        if do_sample:
-            kwargs.update(top_p=top_p, temperature=temperature, top_k=0)
+        if options.do_sample:
+            kwargs.update(top_p=options.top_p, temperature=options.temperature, top_k=0)
         kwargs.update(generator_kwargs or {})
         out = self.gpt.generate(**kwargs)
         sequences = out.sequences[:, 1:]

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from calmcap.data.converters import CONVERTERS, prepare, prepare_main, read_protocol
+from calmcap.cli import main
+from calmcap.data.converters import CONVERTERS, prepare, read_protocol
 from calmcap.data.converters.activitynet import convert_activitynet
 from calmcap.data.converters.didemo import convert_didemo
 from calmcap.data.converters.generic import convert_generic
@@ -397,11 +398,11 @@ def test_prepare_rejects_duplicate_ids_and_missing_videos_dir(tmp_path):
         prepare("msvd", msvd, tmp_path / "nope", tmp_path / "m.jsonl")
 
 
-def test_prepare_main_cli(tmp_path, capsys):
+def test_prepare_cli(tmp_path, capsys):
     videos = touch(tmp_path / "videos", "x.mp4")
     out = tmp_path / "didemo.jsonl"
-    code = prepare_main([
-        "didemo", "--annotations", str(DIDEMO / "train_data.json"), str(DIDEMO / "test_data.json"),
+    code = main([
+        "prepare", "didemo", "--annotations", str(DIDEMO / "train_data.json"), str(DIDEMO / "test_data.json"),
         "--videos", str(videos), "--out", str(out), "--protocol", "segment",
     ])
     assert code == 0
@@ -411,10 +412,10 @@ def test_prepare_main_cli(tmp_path, capsys):
     assert read_protocol(out)["options"] == {"protocol": "segment"}
     assert len(read_manifest(out, "test")) == 3
     with pytest.raises(SystemExit) as exit_info:
-        prepare_main(["didemo", "--annotations", "x.json", "--videos", str(videos)])  # no --out
+        main(["prepare", "didemo", "--annotations", "x.json", "--videos", str(videos)])  # no --out
     assert exit_info.value.code == 2
     with pytest.raises(SystemExit):
-        prepare_main(["youcook2", "--annotations", "x.json", "--videos", str(videos), "--out", str(out)])
+        main(["prepare", "youcook2", "--annotations", "x.json", "--videos", str(videos), "--out", str(out)])
 
 
 def test_every_cli_dataset_has_a_converter():

@@ -86,7 +86,7 @@ def test_videos_exist_and_decode(bench, entries):
         assert frames[0].shape == (SIZE, SIZE, 3)
         # Something is drawn: a still, uniform picture would have no spread at all.
         assert np.stack(frames).std() > 5
-    assert not list(out.rglob("*.part")), "no temporary files may be left behind"
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name], "no temporary files may be left behind"
 
 
 def test_same_seed_gives_identical_output_and_worker_count_does_not_matter(bench, bench_two_workers):
@@ -328,16 +328,28 @@ def test_refuses_to_overwrite_and_validates_arguments(bench, tmp_path):
         synth.generate_benchmark(tmp_path, **{**TINY, "num_test_ood_text": -1})
 
 
-def test_main_cli(tmp_path, capsys):
-    argv = [str(tmp_path / "b"), "--num-train", "2", "--num-val", "1", "--num-test", "2", "--num-test-ood", "2",
+def test_synth_cli(tmp_path, capsys):
+    from calmcap.cli import main
+
+    argv = ["synth", str(tmp_path / "b"), "--num-train", "2", "--num-val", "1", "--num-test", "2", "--num-test-ood", "2",
             "--num-test-ood-visual", "1", "--num-test-ood-text", "3",
             "--num-frames", "4", "--size", "48", "--workers", "0", "--seed", "3", "--no-progress"]
-    assert synth.main(argv) == 0
+    assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "wrote 11 videos" in printed
     assert re.search(r"^test_ood_visual +B +A +1 ", printed, re.MULTILINE) and re.search(r"^test_ood_text +A +B +3 ", printed, re.MULTILINE)
     assert Counter(e.split for e in read_manifest(tmp_path / "b" / "manifest.jsonl")) == {
         "train": 2, "val": 1, "test": 2, "test_ood": 2, "test_ood_visual": 1, "test_ood_text": 3}
     # --overwrite replaces the videos of an earlier run.
-    assert synth.main(argv[:2] + ["1"] + argv[3:] + ["--overwrite"]) == 0
+    assert main(argv[:3] + ["1"] + argv[4:] + ["--overwrite"]) == 0
     assert len(list((tmp_path / "b" / "videos" / "train").glob("*.mp4"))) == 1
+
+
+def test_runs_as_a_script_through_the_cli():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "calmcap.data.synth", "--help"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: calmcap synth") and "--num-train" in result.stdout

@@ -159,6 +159,8 @@ def test_local_safetensors_weights(tmp_path):
     ({"max_length": "40"}, "'max_length' must be int"),
     ({"num_beams": 2.5}, "'num_beams' must be int"),
     ([40], "must be an object"),
+    ({"do_sample": 1}, "'do_sample' must be bool"),
+    ({"num_beams": 0}, "generation.num_beams must be at least 1, got 0"),
 ])
 def test_bad_generation_settings_are_named(saved, tmp_path, generation, fragment):
     _, path = saved
@@ -168,3 +170,25 @@ def test_bad_generation_settings_are_named(saved, tmp_path, generation, fragment
     (copy / "config.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match=re.escape(fragment)):
         CALMModel.from_pretrained(copy)
+
+
+def test_generation_settings_round_trip_and_old_checkpoints_still_read(make_model, saved, tmp_path):
+    from calmcap.checkpoint import read_generation, save_pretrained
+    from calmcap.config import DecodeOptions
+
+    _, path = saved
+    assert read_generation(path) == DecodeOptions()  # saved with none: the built-in settings
+    assert "generation" not in json.loads((path / CONFIG_FILE).read_text())
+    settings = DecodeOptions(num_beams=2, max_length=7, length_penalty=0.5)
+    written = save_pretrained(make_model(seed=1), tmp_path / "m", generation=settings)
+    assert read_generation(written) == settings
+    assert json.loads((written / CONFIG_FILE).read_text())["generation"]["max_length"] == 7
+    # A checkpoint written before the sampling settings joined holds the beam settings only.
+    meta = json.loads((written / CONFIG_FILE).read_text())
+    meta["generation"] = {"num_beams": 4, "max_length": 40, "min_length": 0, "length_penalty": 1, "no_repeat_ngram_size": 0}
+    (written / CONFIG_FILE).write_text(json.dumps(meta))
+    assert read_generation(written) == DecodeOptions(num_beams=4, max_length=40)
+    CALMModel.from_pretrained(written)
+    with pytest.raises(ConfigError, match="generation.num_beams"):
+        save_pretrained(make_model(seed=1), tmp_path / "bad", generation=DecodeOptions(num_beams=0))
+    assert not (tmp_path / "bad").exists()

@@ -69,3 +69,32 @@ def test_generation_from_cached_frame_features_matches_video(make_model, tiny_ba
     a = model.generate(tiny_batch["video"], tiny_batch["video_mask"], max_length=8)
     b = model.generate(frame_features=features, video_mask=tiny_batch["video_mask"], max_length=8)
     assert torch.equal(a["sequences"], b["sequences"])
+
+
+def test_decoder_settings_come_from_decode_options(make_model, tiny_batch):
+    import dataclasses
+    import inspect
+
+    import pytest
+
+    from calmcap.config import DecodeOptions
+    from calmcap.errors import ConfigError
+    from calmcap.models.decoder import CaptionDecoder
+
+    # The decoder has no defaults of its own: every setting is DecodeOptions', given whole or by name.
+    parameters = inspect.signature(CaptionDecoder.generate).parameters
+    assert not {f.name for f in dataclasses.fields(DecodeOptions)} & set(parameters)
+    model = make_model(seed=2).eval()
+    video, mask = tiny_batch["video"], tiny_batch["video_mask"]
+    options = DecodeOptions(num_beams=2, max_length=6)
+    by_options = model.generate(video, mask, options=options)
+    by_name = model.generate(video, mask, num_beams=2, max_length=6)
+    overridden = model.generate(video, mask, options=DecodeOptions(num_beams=2, max_length=9), max_length=6)
+    assert torch.equal(by_options["sequences"], by_name["sequences"])
+    assert torch.equal(by_options["sequences"], overridden["sequences"])
+    defaults = model.generate(video, mask)
+    assert torch.equal(defaults["sequences"], model.generate(video, mask, options=DecodeOptions())["sequences"])
+    with pytest.raises(ConfigError, match="num_beams"):
+        model.generate(video, mask, num_beams=0)
+    with pytest.raises(TypeError, match="max_len"):
+        model.generate(video, mask, max_len=5)

@@ -98,14 +98,15 @@ def test_huge_video_is_downscaled_inside_the_decoder(video_zoo, monkeypatch):
     """An 8K clip decoded with the default bound never holds T full-size frames."""
     import tracemalloc
 
+    from calmcap.constants import MAX_FRAME_SIDE
     from calmcap.data import video as video_lib
     from calmcap.data.dataset import VideoSource
-    from calmcap.pipeline import DEFAULT_MAX_SIDE, decode_clip
+    from calmcap.pipeline import decode_clip
 
     path = video_zoo["huge"].path
     info = video_lib.probe_video(path, backend="pyav")
     assert (info.width, info.height, info.num_frames) == (HUGE_WIDTH, HUGE_HEIGHT, 2)
-    assert VideoSource().max_side == DEFAULT_MAX_SIDE  # training reads with the same bound
+    assert VideoSource().max_side == MAX_FRAME_SIDE  # training reads with the same bound
 
     shapes = []
     real_read_frames = video_lib.read_frames
@@ -126,7 +127,7 @@ def test_huge_video_is_downscaled_inside_the_decoder(video_zoo, monkeypatch):
     assert clip.error is None, clip.error
     assert tuple(clip.video.shape) == (8, 3, 64, 64) and int(clip.mask.sum()) == 2
     (shape,) = shapes
-    assert shape[0] == 8 and max(shape[1:3]) == DEFAULT_MAX_SIDE
+    assert shape[0] == 8 and max(shape[1:3]) == MAX_FRAME_SIDE
     assert shape[2] / shape[1] == pytest.approx(HUGE_WIDTH / HUGE_HEIGHT, rel=0.01)
     # 8 frames (2 real + 6 padding copies) at full size would be ~800 MB of numpy arrays.
     assert peak < 2 * full_frame_bytes, f"peak {peak / 1e6:.0f} MB"

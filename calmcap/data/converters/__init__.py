@@ -10,22 +10,16 @@ from calmcap.data.converters.base import ConversionResult
 from calmcap.data.converters.prepare import (
     CONVERTERS,
     PrepareReport,
-    add_prepare_parser,
     prepare,
-    prepare_main,
     protocol_path_for,
     read_protocol,
-    run_prepare,
 )
 
 __all__ = [
     "CONVERTERS",
     "ConversionResult",
     "PrepareReport",
-    "add_prepare_parser",
     "prepare",
-    "prepare_main",
     "protocol_path_for",
     "read_protocol",
-    "run_prepare",
 ]

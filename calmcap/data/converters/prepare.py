@@ -8,7 +8,6 @@ files, per-split counts and the videos that were not found. Evaluation reports r
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from calmcap.atomic import atomic_write_text
 from calmcap.data.converters.activitynet import convert_activitynet
 from calmcap.data.converters.base import ConversionResult
 from calmcap.data.converters.didemo import convert_didemo
@@ -132,30 +132,6 @@ def prepare(
         "missing_videos": {"count": len(missing), "videos": missing},
     }
     protocol_path = protocol_path_for(out)
-    tmp = protocol_path.with_name(protocol_path.name + ".tmp")
-    tmp.write_text(json.dumps(sidecar, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, protocol_path)
+    atomic_write_text(protocol_path, json.dumps(sidecar, indent=2, ensure_ascii=False) + "\n")
     logger.info("wrote %s (%d entries) and %s", out, len(result.entries), protocol_path)
     return PrepareReport(out, protocol_path, result.dataset, result.protocol, splits, missing)
-
-
-# --- command line: the parser and the printed summary live with the CLI (calmcap.cli_data) ---
-
-
-def add_prepare_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``prepare`` on a CLI's subparsers (see :func:`calmcap.cli_data.add_prepare_parser`)."""
-    from calmcap.cli_data import add_prepare_parser as add
-
-    return add(subparsers)
-
-
-def run_prepare(args: argparse.Namespace) -> int:
-    from calmcap.cli_data import run_prepare as run
-
-    return run(args)
-
-
-def prepare_main(argv: list[str] | None = None) -> int:
-    from calmcap.cli_data import prepare_main as run
-
-    return run(argv)

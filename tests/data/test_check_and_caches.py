@@ -1,4 +1,4 @@
-"""Preparation at scale: check_videos, cache_frames, cache_features, their CLIs, crash isolation.
+"""Passes over a manifest's videos: check_videos, cache_frames, cache_features, their CLIs, crash isolation.
 
 A small manifest holds generated videos (brightness videos whose frame index is recoverable
 from the pixel values, one textured non-square video so resizing and cropping matter) and three
@@ -15,23 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calmcap.data import preparation
+from calmcap.cli import main
+from calmcap.constants import BAD_VIDEOS_FILE, CHECK_PROGRESS_FILE, CHECK_SUMMARY_FILE
+from calmcap.data import feature_cache, frame_cache, video_check
 from calmcap.data.cache import FEATURES, FRAMES, cache_file, load_array, read_cache_meta
+from calmcap.data.feature_cache import cache_features, check_feature_cache, tower_fingerprint
+from calmcap.data.frame_cache import cache_frames
 from calmcap.data.manifest import ManifestEntry, read_manifest, write_manifest
-from calmcap.data.preparation import (
-    BAD_VIDEOS_FILE,
-    PROGRESS_FILE,
-    SUMMARY_FILE,
-    cache_features,
-    cache_frames,
-    cache_main,
-    check_feature_cache,
-    check_main,
-    check_videos,
-    run_tasks,
-    tower_fingerprint,
-)
 from calmcap.data.video import encode_video, sample_indices
+from calmcap.data.video_check import check_videos
+from calmcap.data.worker_pool import run_tasks
 from calmcap.errors import CalmcapError
 
 from .conftest import brightness_frames, decoded_indices
@@ -116,42 +109,42 @@ def test_check_videos_lists_exactly_the_bad_videos_and_resumes(manifest: Path, t
     on_disk = [json.loads(line) for line in (out / BAD_VIDEOS_FILE).read_text().splitlines()]
     assert on_disk == report.bad
     assert all(set(r) == {"video_id", "video", "reason"} for r in on_disk)
-    summary = json.loads((out / SUMMARY_FILE).read_text())
+    summary = json.loads((out / CHECK_SUMMARY_FILE).read_text())
     assert summary["num_ok"] == 4 and summary["num_bad"] == 3 and summary["complete"]
     assert summary["resolutions"] == {"64x48": 3, "80x48": 1}
     assert sum(summary["bad_reasons"].values()) == 3
-    assert len((out / PROGRESS_FILE).read_text().splitlines()) == 7
+    assert len((out / CHECK_PROGRESS_FILE).read_text().splitlines()) == 7
 
     # A second run does no work: every video comes from the progress file.
     def fail(task):
         raise AssertionError(f"{task.video_id} was checked again")
 
-    monkeypatch.setattr(preparation, "_check_one", fail)
+    monkeypatch.setattr(video_check, "_check_one", fail)
     again = check_videos(manifest, splits="train", workers=0, out=out, progress=False)
     assert again.num_checked == 0 and again.num_resumed == 7
     assert again.bad == report.bad and again.num_ok == 4
     monkeypatch.undo()
 
     # An interrupted run leaves a torn last line; a changed file and a forgotten video are re-checked.
-    lines = (out / PROGRESS_FILE).read_text().splitlines()
+    lines = (out / CHECK_PROGRESS_FILE).read_text().splitlines()
     kept = [line for line in lines if json.loads(line)["video_id"] != "texture"]
-    (out / PROGRESS_FILE).write_text("\n".join(kept) + '\n{"video_id": "tex')
+    (out / CHECK_PROGRESS_FILE).write_text("\n".join(kept) + '\n{"video_id": "tex')
     plain = manifest.parent / "videos" / "plain.mp4"
     os.utime(plain, ns=(plain.stat().st_atime_ns, plain.stat().st_mtime_ns + 10**9))
     seen: list[str] = []
-    original = preparation._check_one
-    monkeypatch.setattr(preparation, "_check_one", lambda task: seen.append(task.video_id) or original(task))
+    original = video_check._check_one
+    monkeypatch.setattr(video_check, "_check_one", lambda task: seen.append(task.video_id) or original(task))
     third = check_videos(manifest, splits="train", workers=0, out=out, progress=False)
     assert sorted(seen) == ["plain", "texture"]
     assert third.num_checked == 2 and third.num_resumed == 5 and third.num_ok == 4 and third.num_bad == 3
 
 
-def test_check_main_exit_status_and_summary(manifest: Path, tmp_path: Path, capsys):
-    assert check_main([str(manifest), "--split", "test", "--workers", "0", "--out", str(tmp_path / "a"),
-                       "--no-progress"]) == 0
+def test_check_cli_exit_status_and_summary(manifest: Path, tmp_path: Path, capsys):
+    assert main(["check", str(manifest), "--split", "test", "--workers", "0", "--out", str(tmp_path / "a"),
+                 "--no-progress"]) == 0
     assert "good: 1  bad: 0" in capsys.readouterr().out
-    assert check_main([str(manifest), "--split", "train", "--workers", "0", "--out", str(tmp_path / "b"),
-                       "--no-progress"]) == 1
+    assert main(["check", str(manifest), "--split", "train", "--workers", "0", "--out", str(tmp_path / "b"),
+                 "--no-progress"]) == 1
     printed = capsys.readouterr().out
     assert "bad: 3" in printed and "missing" in printed and "file not found" in printed
 
@@ -202,8 +195,8 @@ def test_cache_frames_resumes_and_refuses_other_settings(frames_cache, manifest:
     target = cache_file(cache_dir, FRAMES, "plain")
     before = target.stat().st_mtime_ns
     decoded: list[str] = []
-    original = preparation._cache_frames_one
-    monkeypatch.setattr(preparation, "_cache_frames_one", lambda task: decoded.append(task.video_id) or original(task))
+    original = frame_cache._cache_frames_one
+    monkeypatch.setattr(frame_cache, "_cache_frames_one", lambda task: decoded.append(task.video_id) or original(task))
     again = cache_frames(manifest, cache_dir, IMAGE_SIZE, splits="train", max_frames=MAX_FRAMES, workers=0,
                          progress=False)
     assert again.num_written == 0 and again.num_skipped == 4
@@ -271,8 +264,9 @@ def test_cache_features_match_encode_frames_and_resume(frames_cache, manifest: P
 
     # Resume: cached videos are skipped; only the bad ones (no frames, no features) are tried again.
     decoded: list[str] = []
-    original = preparation.decode_clip
-    monkeypatch.setattr(preparation, "decode_clip", lambda path, *a, **k: decoded.append(Path(path).stem) or original(path, *a, **k))
+    original = feature_cache.decode_for_cache
+    monkeypatch.setattr(feature_cache, "decode_for_cache",
+                        lambda path, *a, **k: decoded.append(Path(path).stem) or original(path, *a, **k))
     again = cache_features(tiny_model, manifest, cache_dir, splits="train", batch_size=16, progress=False)
     assert again.num_written == 0 and again.num_skipped == 4 and len(again.bad) == 3
     assert sorted(decoded) == ["missing", "text", "truncated"]
@@ -324,22 +318,31 @@ def test_dataset_with_feature_cache_yields_frame_features(frames_cache, manifest
 
 
 # ---------------------------------------------------------------------------------------------
-# cache_main
+# calmcap cache
 # ---------------------------------------------------------------------------------------------
 
 
-def test_cache_main_with_checkpoint_and_refuses_random_tower_names(manifest: Path, tiny_model, tmp_path, capsys):
+def test_cache_cli_with_checkpoint_and_refuses_random_tower_names(manifest: Path, tiny_model, tmp_path, capsys, monkeypatch):
     checkpoint = tiny_model.save_pretrained(tmp_path / "ckpt")
     cache_dir = tmp_path / "cli_cache"
-    assert cache_main([str(manifest), "--cache-dir", str(cache_dir), "--split", "test", "--workers", "0",
-                       "--max-frames", "16", "--features", "--model", str(checkpoint), "--no-progress"]) == 0
+    assert main(["cache", str(manifest), "--cache-dir", str(cache_dir), "--split", "test", "--workers", "0",
+                 "--max-frames", "16", "--features", "--model", str(checkpoint), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "frames: 1/1 videos cached at 64px" in printed and "features: 1/1" in printed
     assert load_array(cache_file(cache_dir, FRAMES, "other_split")).shape == (16, IMAGE_SIZE, IMAGE_SIZE, 3)
     assert load_array(cache_file(cache_dir, FEATURES, "other_split")).shape == (16, 128)
     # The checkpoint's tower is this model's tower: same fingerprint.
     assert read_cache_meta(cache_dir, FEATURES)["tower"]["fingerprint"] == tower_fingerprint(tiny_model)
-    with pytest.raises(CalmcapError, match="randomly initialised image tower"):
-        cache_main([str(manifest), "--cache-dir", str(cache_dir), "--features", "--model", "calmcap-tiny"])
+    # A registered name builds its pretrained image tower (calmcap-tiny: the shipped synth tag)...
+    assert main(["cache", str(manifest), "--cache-dir", str(tmp_path / "by_name"), "--split", "test", "--workers", "0",
+                 "--max-frames", "16", "--features", "--model", "calmcap-tiny", "--no-progress"]) == 0
+    assert "features: 1/1" in capsys.readouterr().out
+    # ...and a name whose tower would be random is refused.
+    import calmcap.config
+
+    random_tower = calmcap.config.get_model_config("calmcap-tiny", ["clip.pretrained=null"])
+    monkeypatch.setattr(calmcap.config, "get_model_config", lambda name, overrides=None: random_tower)
+    assert main(["cache", str(manifest), "--cache-dir", str(cache_dir), "--features", "--model", "calmcap-tiny"]) == 2
+    assert "randomly initialised image tower" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        cache_main([str(manifest), "--cache-dir", str(cache_dir), "--features"])  # no --model
+        main(["cache", str(manifest), "--cache-dir", str(cache_dir), "--features"])  # no --model

@@ -1,0 +1,111 @@
+"""Explaining a video through its class anchors (the paper's qualitative figure): :func:`explain_video`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+from calmcap.errors import CalmcapError
+from calmcap.pipeline.caption import CaptionOptions
+from calmcap.pipeline.features import encode_video_file
+from calmcap.pipeline.loading import ModelLike, load_model
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass
+class AnchorExplanation:
+    """The video's anchor distribution and its caption's (the paper's qualitative figure).
+
+    ``video`` is ``V_p`` (video vs anchors); ``predicted`` is ``S_p_hat``, the text
+    distribution the VAE generates from ``V_p`` (None for the direct-alignment variants);
+    ``caption`` is ``S_p`` of ``caption_text``. Each is a list of ``(label, probability)``,
+    highest first, ``top_k`` long.
+    """
+
+    video_path: str
+    caption_text: str
+    caption_source: str  # "given" or "generated"
+    num_anchors: int
+    video: list[tuple[str, float]]
+    predicted: list[tuple[str, float]] | None
+    caption: list[tuple[str, float]]
+    overlap: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        def pairs(values: list[tuple[str, float]] | None) -> list[dict[str, Any]] | None:
+            return None if values is None else [{"label": label, "probability": p} for label, p in values]
+
+        return {
+            "video": self.video_path, "caption": self.caption_text, "caption_source": self.caption_source,
+            "num_anchors": self.num_anchors, "video_anchors": pairs(self.video),
+            "predicted_caption_anchors": pairs(self.predicted), "caption_anchors": pairs(self.caption),
+            "overlap": self.overlap,
+        }
+
+
+def explain_video(
+    video: PathLike,
+    model: ModelLike = None,
+    *,
+    caption: str | None = None,
+    top_k: int = 10,
+    out_png: PathLike | None = None,
+    options: CaptionOptions | None = None,
+    num_frames: int | None = None,
+    device: str = "cpu",
+) -> AnchorExplanation:
+    """Top anchors of a video's anchor distribution and of its caption's (given, else generated).
+
+    Raises :class:`CalmcapError` for a baseline model without the anchor branch. With
+    ``out_png`` a bar chart is written there (:func:`calmcap.reports.plot_anchor_explanation`).
+    """
+    import torch
+
+    loaded = load_model(model, device)
+    network = loaded.model
+    if network.anchor_bank is None:
+        raise CalmcapError(
+            f"this model has no anchor branch (alignment.variant={network.config.alignment.variant!r}, "
+            f"{len(network.labels)} anchors): a baseline has no anchor distribution to explain"
+        )
+    if top_k < 1:
+        raise CalmcapError(f"top_k must be at least 1, got {top_k}")
+    if out_png is not None and Path(out_png).suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
+        raise CalmcapError(f"{out_png}: the chart is written as .png, .pdf, .svg or .jpg; name the file accordingly")
+    features, mask = encode_video_file(network, video, num_frames)
+    with torch.inference_mode():
+        video_dist = network.video_distribution(features, mask)[0].float()
+        predicted = None
+        if network.vae is not None:
+            predicted = network.vae(video_dist[None], sample=False)["text_logprob_hat"][0].exp().float()
+        source = "given"
+        if caption is None or not caption.strip():
+            decoding = (options or CaptionOptions()).resolve(loaded.generation)
+            out = network.generate(frame_features=features, video_mask=mask, options=decoding)
+            caption, source = out["captions"][0], "generated"
+        text_dist = network.text_distribution(network.encode_text_raw(network.tokenize_text([caption])))[0].float()
+    labels = network.labels
+    k = min(top_k, len(labels))
+
+    def top(dist: "torch.Tensor") -> list[tuple[str, float]]:
+        values, indices = dist.topk(k)
+        return [(labels[int(i)], float(v)) for v, i in zip(values.tolist(), indices.tolist())]
+
+    explanation = AnchorExplanation(
+        video_path=str(video), caption_text=caption, caption_source=source, num_anchors=len(labels),
+        video=top(video_dist), predicted=top(predicted) if predicted is not None else None, caption=top(text_dist),
+        overlap=[],
+    )
+    caption_labels = {label for label, _ in explanation.caption}
+    explanation.overlap = [label for label, _ in explanation.video if label in caption_labels]
+    if out_png is not None:
+        from calmcap.reports import plot_anchor_explanation
+
+        plot_anchor_explanation(explanation, out_png)
+    return explanation
