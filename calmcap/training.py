@@ -82,13 +82,14 @@ ANCHOR_OFFSETS = "anchor_bank.pos_embed"  # the learnable offsets e_k of a_k = p
 
 
 def parameter_groups(model: torch.nn.Module, lr: float, clip_lr: float, weight_decay: float,
-                     anchor_offset_decay: float = 0.0) -> list[dict[str, Any]]:
+                     anchor_offset_decay: float = 0.0, anchor_offset_lr: float | None = None) -> list[dict[str, Any]]:
     """CLIP towers vs new modules, each with and without weight decay, plus the anchor offsets.
 
     No decay on biases, norms, embeddings, positional tables and temperatures (1-D or
     explicitly named), as in CLIP and GPT-2 training. The anchor offsets ``e_k`` get a group of
-    their own whose decoupled weight decay (``anchor_offset_decay``) pulls each anchor back to
-    its label prompt ``p_k`` (issue #11; ``optim.anchor_offset_decay``).
+    their own: its learning rate (``anchor_offset_lr``, default ``lr``) and decoupled weight
+    decay (``anchor_offset_decay``, pulling each anchor back to its label prompt ``p_k``) are
+    the run's choice (issue #11; ``optim.anchor_offset_lr`` / ``optim.anchor_offset_decay``).
     """
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     offsets: list[torch.nn.Parameter] = []
@@ -107,7 +108,8 @@ def parameter_groups(model: torch.nn.Module, lr: float, clip_lr: float, weight_d
         for (is_clip, no_decay), params in sorted(groups.items())
     ]
     if offsets:
-        out.append({"params": offsets, "lr": lr, "weight_decay": anchor_offset_decay, "name": "anchor_offsets"})
+        out.append({"params": offsets, "lr": lr if anchor_offset_lr is None else anchor_offset_lr,
+                    "weight_decay": anchor_offset_decay, "name": "anchor_offsets"})
     return out
 
 
@@ -220,8 +222,13 @@ def anchor_statistics(outputs: dict[str, torch.Tensor]) -> dict[str, float]:
             stats[name] = float(-(dist * dist.clamp(min=1e-12).log()).sum(-1).mean())
     text = outputs.get("text_dist")
     if text is not None:
+        text = text.detach()
         peaks = text.argmax(-1)
         stats["anchor/text_top_share"] = float(peaks.bincount().max()) / peaks.numel()
+        # L_rec of a VAE that ignores the video and always predicts the batch's mean S_p: the
+        # VAE's L_rec below this means its latent carries what tells the captions apart.
+        mean = text.mean(0, keepdim=True).clamp(min=1e-12)
+        stats["anchor/rec_blind"] = float(-(text * mean.log()).sum(-1).mean())
     return stats
 
 

@@ -29,14 +29,18 @@ def tokenizer():
 
 @pytest.fixture(scope="session")
 def make_model(tokenizer):
-    """Build a tiny model: ``make_model(seed=0, overrides=["alignment.variant=kl"])``."""
+    """Build a tiny model: ``make_model(seed=0, overrides=["alignment.variant=kl"])``.
+
+    Its CLIP towers are random (seeded) unless the overrides name a ``clip.pretrained`` tag, so
+    that tests do not depend on the shipped ``synth`` weights and two seeds give two towers.
+    """
     import torch
 
     from calmcap.config import get_model_config
     from calmcap.models.calm import CALMModel
 
     def build(seed: int = 0, overrides: list[str] | None = None) -> CALMModel:
-        config = get_model_config("calmcap-tiny", overrides)
+        config = get_model_config("calmcap-tiny", ["clip.pretrained=null", *(overrides or [])])
         torch.manual_seed(seed)
         return CALMModel.create(config, tokenizer)
 

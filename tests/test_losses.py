@@ -118,6 +118,27 @@ def test_anchor_statistics_detect_a_collapsed_text_distribution():
     assert stats["anchor/text_entropy"] == pytest.approx(0.0, abs=1e-6)
     assert stats["anchor/text_top_share"] == 1.0
     assert anchor_statistics({}) == {}
+    # The video-blind reconstruction: cross-entropy of each S_p with the batch mean.
+    two = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert anchor_statistics({"text_dist": two})["anchor/rec_blind"] == pytest.approx(math.log(2), rel=1e-5)
+    assert stats["anchor/rec_blind"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_anchor_offset_statistics_and_their_optimizer_group(make_model):
+    from calmcap.training import anchor_offset_statistics, parameter_groups
+
+    model = make_model()
+    stats = anchor_offset_statistics(model)
+    assert stats["anchor/identity"] == 1.0  # small random offsets: every anchor still means its label
+    with torch.no_grad():
+        model.anchor_bank.pos_embed.copy_(model.anchor_bank.prompt_embeds.roll(1, dims=0) * 3)
+    moved = anchor_offset_statistics(model)
+    assert moved["anchor/identity"] == 0.0 and moved["anchor/offset_norm"] == pytest.approx(3.0, rel=1e-4)
+    groups = {g["name"]: g for g in parameter_groups(model, 1e-3, 1e-4, 0.05, anchor_offset_decay=0.5)}
+    assert groups["anchor_offsets"]["params"] == [model.anchor_bank.pos_embed]
+    assert groups["anchor_offsets"]["weight_decay"] == 0.5 and groups["anchor_offsets"]["lr"] == 1e-3
+    grouped = [p for g in groups.values() for p in g["params"]]
+    assert len(grouped) == len({id(p) for p in grouped}) == sum(p.requires_grad for p in model.parameters())
 
 
 @pytest.mark.parametrize("detach", [True, False], ids=["detached", "attached"])
