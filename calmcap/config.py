@@ -199,7 +199,7 @@ class FusionConfig:
 
 @dataclass
 class AnchorConfig:
-    """Class anchors (DESIGN.md section 1, steps 2-3)."""
+    """Class anchors (docs/DESIGN.md section 1, "The method", steps 2-3)."""
 
     # A label file shipped in calmcap/anchors (by stem, e.g. "charades_157", "coco_80",
     # "synth_concepts") or a path to a text file with one label per line.
@@ -223,7 +223,7 @@ class AnchorConfig:
 
 @dataclass
 class AlignmentConfig:
-    """How the video's anchor distribution is aligned to the text's (DESIGN.md section 1, 4-6)."""
+    """How the video's anchor distribution is aligned to the text's (docs/DESIGN.md sections 1 and 2)."""
 
     # vae: the cross-modal VAE (CALM); kl/ce/mse: direct alignment of V_p to S_p (paper
     # Table 7); none: no anchor branch.

@@ -3,7 +3,7 @@
 Works on one process or under Accelerate. Distributed evaluation returns exactly the numbers
 of a single process: each process encodes its shard, ``gather_for_metrics`` drops the samples
 that even batching duplicated, and results are put back in dataset order by item index
-before anything is scored (DESIGN.md section 5). Metrics are computed once, on the main
+before anything is scored (docs/DESIGN.md section 5). Metrics are computed once, on the main
 process, and shared with the others.
 
 Videos that cannot be decoded are counted and listed in the result (``bad_videos``) and the

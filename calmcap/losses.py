@@ -1,4 +1,4 @@
-"""Training objectives, outside the model (DESIGN.md sections 1.5 and 2).
+"""Training objectives, outside the model (docs/DESIGN.md section 2, "The objective").
 
 ``L = w_cap * L_caption + w_ret * L_InfoNCE + w_align * (L_rec + alpha * L_KL)`` for the VAE,
 or ``w_align * L_direct`` for the direct-alignment ablations (KL, CE, MSE of ``V_p`` to ``S_p``).

@@ -1,6 +1,6 @@
 """Evaluation metrics: text-video retrieval (Recall@K, median and mean rank, chance) and captioning.
 
-Retrieval conventions (stated in every report, DESIGN.md section 5):
+Retrieval conventions (stated in every report, docs/DESIGN.md section 5, "Evaluation"):
 
 * ``t2v``: every caption is a query; its rank is the position of its own video among all
   videos.

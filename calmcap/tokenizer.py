@@ -1,6 +1,6 @@
 """The caption tokenizer: a SentencePiece model trained on the training captions.
 
-It is saved inside every checkpoint as ``tokenizer.model`` (DESIGN.md section 2). Special ids
+It is saved inside every checkpoint as ``tokenizer.model`` (docs/DESIGN.md section 3). Special ids
 are fixed so the decoder's config never depends on the trained vocabulary's order:
 pad = 0, unk = 1, bos = 2, eos = 3.
 """

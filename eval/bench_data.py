@@ -19,7 +19,7 @@ random-initialised image tower, then measures, side by side in one process:
     features (0 workers). Same seed, same model init, same batch size. The ratio of the wall
     times is the speed-up of the features cache; the time to build the caches is reported
     apart (it is paid once). With calmcap-tiny the image tower is a small part of a step, so
-    the ratio mostly measures decoding; with ViT-B/32 at 224 px (DESIGN.md section 6: ~0.65 s
+    the ratio mostly measures decoding; with ViT-B/32 at 224 px (docs/DESIGN.md section 4: ~0.65 s
     per 12 frames) the tower dominates and the ratio grows accordingly.
 
 Prints a Markdown table and writes JSON with ``--out``:

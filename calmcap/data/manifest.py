@@ -7,7 +7,7 @@ Each line is an object with the required fields
 where ``video`` is a path relative to the manifest's directory (absolute paths are kept as
 they are). Optional fields: ``start_seconds`` / ``end_seconds`` (a clip inside the file) and
 any extra keys a converter wants to keep (``extra``: a dict of JSON values). Every dataset
-reader and converter produces this format (DESIGN.md section 4).
+reader and converter produces this format (docs/DESIGN.md section 4, "Manifests and converters").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The pretraining corpus of the embedded world: the analogue of CLIP's web data (issue #11).
 
-CALM fine-tunes a *pretrained* CLIP (docs/DESIGN.md section 7). For the embedded benchmark the
+CALM fine-tunes a *pretrained* CLIP (docs/DESIGN.md section 6). For the embedded benchmark the
 analogue of CLIP's web-scale pretraining is this corpus: videos of the same rendered world,
 from seeds disjoint from every benchmark split, covering more than either benchmark domain:
 

@@ -1,7 +1,7 @@
 """The embedded benchmark: procedurally rendered shapes-and-actions videos with paraphrased captions.
 
 ``calmcap synth OUT_DIR`` (:func:`generate_benchmark`) renders a video-caption dataset with no
-download (DESIGN.md section 4, "Embedded benchmark"). Each video shows one *main object* (a shape
+download (docs/DESIGN.md section 4, "Embedded benchmark"). Each video shows one *main object* (a shape
 with a colour, a size and an action) plus faded *distractor* objects doing their own things on a
 textured *background*. The captions describe the main object only and rarely the background, so
 a video holds more than its captions say: the information imbalance CALM is about.

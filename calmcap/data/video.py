@@ -1,4 +1,4 @@
-"""Video decoding and frame sampling (DESIGN.md section 4, "Decoding").
+"""Video decoding and frame sampling (docs/DESIGN.md section 4, "Decoding and frame sampling").
 
 Two decoders sit behind one function, :func:`read_frames`:
 

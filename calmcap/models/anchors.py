@@ -1,6 +1,6 @@
 """Class anchors: label prompts encoded once by the text tower, plus a learnable offset.
 
-DESIGN.md section 1, steps 2-3: ``a_k = p_k + e_k`` where ``p_k`` is the (fixed) text-tower
+docs/DESIGN.md section 1, steps 2-3: ``a_k = p_k + e_k`` where ``p_k`` is the (fixed) text-tower
 embedding of ``"The content of {label}"`` and ``e_k`` a learnable positional embedding; the
 class distribution of a feature ``x`` is ``softmax(tau * cos(x, a))``.
 """

@@ -1,6 +1,6 @@
 """The caption decoder: a randomly initialised GPT-2-style transformer with cross-attention.
 
-Its memory (DESIGN.md section 2) is the frame features projected to the decoder width plus
+Its memory (docs/DESIGN.md section 1) is the frame features projected to the decoder width plus
 ``num_latent_tokens`` tokens projected from the anchor-aligned latent (the VAE's ``mu`` at
 inference, a sample ``z`` in training), so the latent conditions every generated token.
 ``transformers``' ``generate`` gives KV-cached greedy, beam and nucleus decoding.

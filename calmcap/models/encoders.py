@@ -171,7 +171,7 @@ class TemporalFusion(nn.Module):
 
     ``mean``: masked mean over frames. ``transformer``: a small temporal transformer with
     learned frame positions, added residually before the masked mean, so the pooled vector
-    can tell left from right and growing from shrinking (DESIGN.md section 6).
+    can tell left from right and growing from shrinking (docs/DESIGN.md section 1, step 1).
     """
 
     def __init__(self, config: FusionConfig, embed_dim: int, max_frames: int) -> None:

@@ -1,6 +1,6 @@
 """The cross-modal probabilistic VAE: it generates the text's anchor distribution from the video's.
 
-DESIGN.md section 1, step 4. Encoder: MLP K -> H -> (mu, log sigma^2) in R^d; decoder:
+docs/DESIGN.md section 1, step 4. Encoder: MLP K -> H -> (mu, log sigma^2) in R^d; decoder:
 MLP d -> H -> K followed by a softmax, giving ``S_p_hat``.
 """
 

@@ -34,7 +34,7 @@ class ConversionResult:
     """The entries a converter produced and every protocol choice that shaped them.
 
     ``options`` and ``conventions`` are written to the ``<manifest>.protocol.json`` sidecar, so
-    every report can state which protocol its numbers follow (DESIGN.md section 4).
+    every report can state which protocol its numbers follow (docs/DESIGN.md section 4).
     ``video_aliases`` maps a release file name to other names the same video is often stored
     under (e.g. ActivityNet's ``v_`` prefix, which CLIP4Clip's copies drop).
     """

@@ -3,7 +3,7 @@
 Writes ``MANIFEST`` (JSON lines, :mod:`calmcap.data.manifest`) and ``MANIFEST.protocol.json``:
 the dataset, protocol, every option, the conventions followed with their sources, the input
 files, per-split counts and the videos that were not found. Evaluation reports read the sidecar
-(:func:`read_protocol`) so each number states its protocol (DESIGN.md section 4).
+(:func:`read_protocol`) so each number states its protocol (docs/DESIGN.md section 4).
 """
 
 from __future__ import annotations
