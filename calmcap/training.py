@@ -13,9 +13,10 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import Sampler
@@ -100,7 +101,8 @@ def parameter_groups(model: torch.nn.Module, lr: float, clip_lr: float, weight_d
             offsets.append(param)
             continue
         is_clip = name.startswith("clip.")
-        no_decay = param.ndim < 2 or any(k in name for k in ("pos", "embed", "logit_scale", "log_tau", "wte", "wpe", "token_embedding"))
+        no_decay_names = ("pos", "embed", "logit_scale", "log_tau", "wte", "wpe", "token_embedding")
+        no_decay = param.ndim < 2 or any(k in name for k in no_decay_names)
         groups.setdefault((is_clip, no_decay), []).append(param)
     out = [
         {"params": params, "lr": clip_lr if is_clip else lr, "weight_decay": 0.0 if no_decay else weight_decay,
@@ -335,12 +337,13 @@ def plot_training_curves(log_path: str | os.PathLike, out_path: str | os.PathLik
     import matplotlib.pyplot as plt
 
     loss_keys = sorted({k for r in train for k in r if k.startswith("loss")})
-    eval_keys = [k for k in ("caption/CIDEr", "caption/BLEU-4", "t2v/R@1", "t2v/R@5", "v2t/R@1") if any(k in r for r in evals)]
+    shown = ("caption/CIDEr", "caption/BLEU-4", "t2v/R@1", "t2v/R@5", "v2t/R@1")
+    eval_keys = [k for k in shown if any(k in r for r in evals)]
     fig, axes = plt.subplots(1, 2 if eval_keys else 1, figsize=(12 if eval_keys else 6, 4), squeeze=False)
     ax = axes[0][0]
     for key in loss_keys:
         points = [(r["step"], r[key]) for r in train if key in r]
-        ax.plot(*zip(*points), label=key)
+        ax.plot(*zip(*points, strict=True), label=key)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_yscale("log")
@@ -350,7 +353,7 @@ def plot_training_curves(log_path: str | os.PathLike, out_path: str | os.PathLik
         ax = axes[0][1]
         for key in eval_keys:
             points = [(r["step"], r[key]) for r in evals if key in r]
-            ax.plot(*zip(*points), marker="o", label=key)
+            ax.plot(*zip(*points, strict=True), marker="o", label=key)
         ax.set_xlabel("step")
         ax.set_ylabel("score (x100 / %)")
         ax.legend(fontsize=8)

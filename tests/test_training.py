@@ -21,7 +21,8 @@ CONFIG = REPO / "recipes" / "configs" / "synth_tiny.yaml"
 
 
 def _env():
-    env = dict(os.environ, HF_HUB_OFFLINE="1", ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1",
+               TOKENIZERS_PARALLELISM="false")
     env.pop("CUDA_VISIBLE_DEVICES", None)
     return env
 
@@ -60,7 +61,8 @@ def _run(args, timeout=600):
 
 
 def _records(out, kind):
-    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines() if json.loads(line)["kind"] == kind]
+    records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if r["kind"] == kind]
 
 
 def test_two_processes_evaluate_exactly_like_one(synth_small, tmp_path):
@@ -120,7 +122,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(synth_small, tmp_path):
     assert [r["step"] for r in b] == list(range(1, 11))
     assert [r["items"] for r in a] == [r["items"] for r in b]
     assert [r["epoch"] for r in a] == [r["epoch"] for r in b]
-    for ra, rb in zip(a, b):
+    for ra, rb in zip(a, b, strict=True):
         assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5, abs=1e-6)
     # Only the newest resume state is kept.
     assert sorted(p.name for p in (crashed / "checkpoints").iterdir()) == ["step_00000008"]
@@ -132,3 +134,125 @@ def test_kill_and_resume_matches_an_uninterrupted_run(synth_small, tmp_path):
     assert wa.keys() == wb.keys()
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_scst_stage_trains_the_decoder_alone_and_logs_its_rewards(synth_small, tmp_path, make_model, tokenizer):
+    """``scst.enabled``: the self-critical step runs in the recipe's loop, only the decoder moves."""
+    from calmcap.models.calm import CALMModel
+
+    start = tmp_path / "start"
+    make_model(seed=0).save_pretrained(start)
+    out = tmp_path / "scst"
+    settings = {"model.init_from": start, "scst.enabled": "true", "scst.num_samples": 2, "scst.max_length": 5,
+                "optim.max_steps": 2, "optim.lr": "1.0e-2", "eval.every_steps": 0, "eval.at_end": "false",
+                "checkpoint.every_steps": 0}
+    _run(_launch_args(1) + [str(RECIPE), "--config", str(CONFIG)] + _overrides(synth_small, out, **settings))
+    train = _records(out, "train")
+    assert [r["step"] for r in train] == [1, 2]
+    assert all({"loss", "scst/greedy_cider", "scst/sample_cider"} <= r.keys() for r in train)
+    assert not any(key.startswith("loss/") for r in train for key in r)  # no cross-entropy terms
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["best_metric"] is None
+    before = dict(CALMModel.from_pretrained(start).named_parameters())
+    after = dict(CALMModel.from_pretrained(out / "model").named_parameters())
+    assert before.keys() == after.keys()
+    moved = {name for name in before if not torch.equal(before[name], after[name])}
+    assert moved and all(name.startswith("decoder.") for name in moved), sorted(moved)[:5]
+
+
+# ============================================================================ the recipe's helpers
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    """recipes/train_caption.py imported as a module (it is a script, outside the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_caption_recipe", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+def _trainable(recipe, model, **settings) -> set[str]:
+    from calmcap.train_config import TrainConfig
+
+    cfg = TrainConfig()
+    for key, value in settings.items():
+        section, name = key.split("__")
+        setattr(getattr(cfg, section), name, value)
+    recipe.freeze_parameters(model, cfg)
+    return {name for name, param in model.named_parameters() if param.requires_grad}
+
+
+def test_freezing_follows_the_run_settings(recipe, make_model):
+    # The model itself keeps open_clip's unused temperature frozen: "everything" is the rest.
+    everything = {name for name, param in make_model().named_parameters() if param.requires_grad}
+    image_tower = {name for name in everything if name.startswith("clip.visual.")}
+    text_tower = {name for name in everything if name.startswith("clip.") and name not in image_tower}
+    decoder = {name for name in everything if name.startswith("decoder.")}
+    assert image_tower and text_tower and decoder
+
+    assert _trainable(recipe, make_model()) == everything
+    assert _trainable(recipe, make_model(), train__freeze_image_tower=True) == everything - image_tower
+    # A feature cache holds the image tower's outputs: the tower never runs, so it cannot train.
+    assert _trainable(recipe, make_model(), data__feature_cache="features") == everything - image_tower
+    assert _trainable(recipe, make_model(), train__freeze_text_tower=True) == everything - text_tower
+    assert _trainable(recipe, make_model(), train__task="retrieval") == everything - decoder
+    assert _trainable(recipe, make_model(), scst__enabled=True) == decoder
+    assert _trainable(recipe, make_model(), scst__enabled=True, train__task="retrieval") == decoder
+
+
+def test_disable_dropout_zeroes_every_dropout(recipe, make_model):
+    model = make_model()
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert any(m.p > 0 for m in dropouts)
+    recipe.disable_dropout(model)
+    assert all(m.p == 0.0 for m in dropouts) and model.training
+
+
+class _Processes:
+    """An accelerator stand-in: ``reduce`` adds the other processes' values to this one's."""
+
+    def __init__(self, *others: float) -> None:
+        self.others = others
+        self.num_processes = 1 + len(others)
+
+    def reduce(self, tensor: torch.Tensor, reduction: str) -> torch.Tensor:
+        assert reduction == "sum"
+        return tensor + sum(self.others)
+
+
+def test_a_non_finite_loss_on_any_process_fails_the_check_on_all(recipe):
+    check = recipe.finite_on_every_process
+    assert check(_Processes(), torch.tensor(0.5))
+    assert not check(_Processes(), torch.tensor(float("nan")))
+    assert not check(_Processes(), torch.tensor(float("-inf")))
+    assert check(_Processes(1.0), torch.tensor(0.5))  # the other process was finite too
+    assert not check(_Processes(0.0), torch.tensor(0.5))  # the other process had a NaN
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(recipe, tmp_path):
+    from types import SimpleNamespace
+
+    from calmcap.errors import CalmcapError
+    from calmcap.losses import LOSS_TOTAL
+    from calmcap.train_config import TrainConfig
+    from calmcap.training import TrainState
+
+    param = torch.nn.Parameter(torch.ones(2))
+    param.grad = torch.ones(2)
+    cfg = TrainConfig()
+    cfg.train.max_bad_steps = 2
+    run = SimpleNamespace(cfg=cfg, state=TrainState(step=7), optimizer=torch.optim.SGD([param], lr=0.1), out=tmp_path)
+    terms = {LOSS_TOTAL: torch.tensor(float("nan"))}
+    recipe.skip_non_finite_step(run, terms)
+    assert param.grad is None  # nothing of the bad step reaches the next one
+    assert (run.state.bad_steps_in_a_row, run.state.skipped_steps) == (1, 1)
+    with pytest.raises(CalmcapError, match="2 non-finite losses in a row at step 7"):
+        recipe.skip_non_finite_step(run, terms)
+    assert run.state.skipped_steps == 2
