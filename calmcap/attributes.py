@@ -18,9 +18,9 @@ Torch-free: the benchmark's tables and a regular expression.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Mapping, Sequence
 
 from calmcap.data.synth import CAPTION_ATTRIBUTES, DOMAIN_A, DOMAIN_B
 from calmcap.metrics import ATTR_ACTION, ATTR_ALL, ATTR_COLOUR, ATTR_SHAPE, ATTR_SIZE
@@ -119,7 +119,7 @@ def attribute_accuracy(predictions: Mapping[str, str], truths: Mapping[str, Mapp
     for video_id in scored:
         parsed = parse_caption(predictions[video_id])
         hits = [parsed.named(a) == truths[video_id][a] for a in SCORED_ATTRIBUTES]
-        for attribute, hit in zip(SCORED_ATTRIBUTES, hits):
+        for attribute, hit in zip(SCORED_ATTRIBUTES, hits, strict=True):
             right[attribute] += hit
         all_right += all(hits)
     out = {ATTRIBUTE_METRICS[a]: 100.0 * right[a] / len(scored) for a in SCORED_ATTRIBUTES}

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -39,6 +40,9 @@ from calmcap.constants import (
 )
 from calmcap.errors import CheckpointError, ConfigError
 from calmcap.version import __version__
+
+if TYPE_CHECKING:  # pragma: no cover
+    from calmcap.models.calm import CALMModel  # at run time it imports this module (a known cycle)
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +83,7 @@ def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_pretrained(
-    model: "CALMModel",  # noqa: F821
+    model: CALMModel,
     path: str | os.PathLike,
     *,
     generation: DecodeOptions | None = None,
@@ -184,7 +188,7 @@ def read_checkpoint_config(path: str | os.PathLike) -> ModelConfig:
         raise CheckpointError(f"{config_path}: {error}") from None
 
 
-def load_pretrained(path: str | os.PathLike, device: str | torch.device = "cpu") -> "CALMModel":  # noqa: F821
+def load_pretrained(path: str | os.PathLike, device: str | torch.device = "cpu") -> CALMModel:
     """Rebuild a :class:`CALMModel` from a checkpoint directory, exactly as it was saved."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file

@@ -330,7 +330,7 @@ class DecodeOptions:
 
     # Not named ``validate``: from_dict would call that without the key's place in the config,
     # and the message must name it (``eval.decode.num_beams``); the owners call check(prefix).
-    def check(self, prefix: str = "") -> "DecodeOptions":
+    def check(self, prefix: str = "") -> DecodeOptions:
         """Raise :class:`ConfigError` naming the setting (``prefix.name``) if any is impossible; else self."""
         self.check_values(dataclasses.asdict(self), prefix)
         return self
@@ -351,10 +351,12 @@ class DecodeOptions:
 
         v = values
         rules = [
-            (not given("num_beams") or v["num_beams"] >= 1, f"{key('num_beams')} must be at least 1, got {v.get('num_beams')}"),
+            (not given("num_beams") or v["num_beams"] >= 1,
+             f"{key('num_beams')} must be at least 1, got {v.get('num_beams')}"),
             (not given("max_length") or v["max_length"] >= 1,
              f"{key('max_length')} must be at least 1, got {v.get('max_length')}"),
-            (not given("min_length") or v["min_length"] >= 0, f"{key('min_length')} must be >= 0, got {v.get('min_length')}"),
+            (not given("min_length") or v["min_length"] >= 0,
+             f"{key('min_length')} must be >= 0, got {v.get('min_length')}"),
             (not given("min_length", "max_length") or v["min_length"] <= v["max_length"],
              f"{key('min_length')} must be between 0 and {key('max_length')} ({v.get('max_length')}), "
              f"got {v.get('min_length')}"),

@@ -148,7 +148,8 @@ def evaluate(
     texts, owners = dataset.captions()
     text_embeds = None
     if retrieval:
-        text_loader = DataLoader(_Texts(texts), batch_size=max(batch_size, 64), shuffle=False, collate_fn=_collate_texts)
+        text_loader = DataLoader(_Texts(texts), batch_size=max(batch_size, 64), shuffle=False,
+                                 collate_fn=_collate_texts)
         if accelerator is not None:
             text_loader = accelerator.prepare_data_loader(text_loader, device_placement=False)
         t_index, t_embeds = [], []

@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 import sys
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -148,7 +148,8 @@ def retrieval_metrics(similarity: np.ndarray, text_to_video: Sequence[int]) -> d
 
 # --------------------------------------------------------------------------- captioning
 
-_PUNCTUATION = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
+_PUNCTUATION = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-",
+                ".", "?", "!", ",", ":", "-", "--", "...", ";"}
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
 
 
@@ -217,7 +218,8 @@ def caption_metrics(
     if set(predictions) != set(references):
         extra = sorted(set(predictions) - set(references))[:3]
         lacking = sorted(set(references) - set(predictions))[:3]
-        raise ValueError(f"prediction and reference ids differ (only in predictions: {extra}; only in references: {lacking})")
+        raise ValueError(f"prediction and reference ids differ "
+                         f"(only in predictions: {extra}; only in references: {lacking})")
     if not predictions:
         raise ValueError("no captions to score")
     for key, refs in references.items():
@@ -226,7 +228,8 @@ def caption_metrics(
     if use_java is None:
         use_java = java_available()
         if not use_java:
-            logger.warning("java not found: METEOR skipped and a Python stand-in replaces the PTB tokenizer (install Java 8+ for paper-comparable scores)")
+            logger.warning("java not found: METEOR skipped and a Python stand-in replaces the PTB tokenizer "
+                           "(install Java 8+ for paper-comparable scores)")
     ids = sorted(predictions)
     res = tokenize_captions({k: [predictions[k]] for k in ids}, use_java)
     gts = tokenize_captions({k: list(references[k]) for k in ids}, use_java)

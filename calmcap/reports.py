@@ -34,15 +34,27 @@ import logging
 import math
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from calmcap.atomic import atomic_write_text
 from calmcap.constants import CHECKPOINT_CONFIG_FILE, CHECKPOINT_WEIGHTS_FILE
 from calmcap.metrics import (
-    ATTR_ACTION, ATTR_ALL, ATTR_COLOUR, ATTR_SHAPE, ATTR_SIZE, BLEU_1, BLEU_2, BLEU_3, BLEU_4, CIDER, METEOR,
-    RETRIEVAL_PROTOCOL, ROUGE_L,
+    ATTR_ACTION,
+    ATTR_ALL,
+    ATTR_COLOUR,
+    ATTR_SHAPE,
+    ATTR_SIZE,
+    BLEU_1,
+    BLEU_2,
+    BLEU_3,
+    BLEU_4,
+    CIDER,
+    METEOR,
+    RETRIEVAL_PROTOCOL,
+    ROUGE_L,
 )
 from calmcap.version import __version__
 
@@ -90,12 +102,14 @@ def file_sha256(path: str | os.PathLike, chunk_bytes: int = 8 << 20) -> str:
     return _HASH_CACHE[key]
 
 
-def config_fingerprint(model: "CALMModel") -> str:
+def config_fingerprint(model: CALMModel) -> str:
     """sha256 of the model's architecture config as canonical JSON (computable without a file)."""
     return hashlib.sha256(json.dumps(model.config.to_json(), sort_keys=True).encode()).hexdigest()
 
 
-def model_identity(model: "CALMModel", path: str | os.PathLike | None = None, hash_weights: bool = True) -> dict[str, Any]:
+def model_identity(
+    model: CALMModel, path: str | os.PathLike | None = None, hash_weights: bool = True
+) -> dict[str, Any]:
     """What model a report or index was made with.
 
     ``path`` is the checkpoint directory the model was loaded from
@@ -127,7 +141,7 @@ def model_identity(model: "CALMModel", path: str | os.PathLike | None = None, ha
     return identity
 
 
-def same_model(stored: dict[str, Any], model: "CALMModel", path: str | os.PathLike | None = None) -> bool:
+def same_model(stored: dict[str, Any], model: CALMModel, path: str | os.PathLike | None = None) -> bool:
     """Whether ``model``, loaded from checkpoint ``path``, is the one ``stored`` (a :func:`model_identity`) describes.
 
     Cheap when possible: a different architecture config is a mismatch; the same weights file
@@ -200,14 +214,14 @@ class EvalRow:
     @classmethod
     def from_result(
         cls,
-        result: "EvalResult",
+        result: EvalResult,
         *,
         manifest: str | os.PathLike,
         split: str,
-        entries: Sequence["ManifestEntry"],
+        entries: Sequence[ManifestEntry],
         identity: dict[str, Any],
         seconds: float = 0.0,
-    ) -> "EvalRow":
+    ) -> EvalRow:
         """Wrap :class:`calmcap.evaluation.EvalResult`; the domain is the split's ``extra.domain`` when all agree."""
         domains = {e.extra.get("domain") for e in entries}
         domain = next(iter(domains)) if len(domains) == 1 else None
@@ -308,7 +322,8 @@ class BenchmarkReport:
         if caption_rows:
             lines += ["## Captioning (x100)", "",
                       format_table(["data", "split", "videos"] + [name for _, name in CAPTION_COLUMNS],
-                                   [[r.dataset, r.split, str(r.counts.get("videos", 0) - r.counts.get("videos_skipped", 0))]
+                                   [[r.dataset, r.split,
+                                     str(r.counts.get("videos", 0) - r.counts.get("videos_skipped", 0))]
                                     + [_fmt(r.metrics.get(k)) for k, _ in CAPTION_COLUMNS] for r in caption_rows],
                                    markdown=True), ""]
         attribute_rows = [r for r in self.rows if ATTR_ALL in r.metrics]
@@ -321,7 +336,8 @@ class BenchmarkReport:
                                     + [_fmt(r.metrics.get(k)) for k, _ in ATTRIBUTE_COLUMNS] for r in attribute_rows],
                                    markdown=True), ""]
         retrieval_rows = [r for r in self.rows if "t2v/R@1" in r.metrics]
-        for direction, title, unit in (("t2v", "Text-to-video retrieval", "captions"), ("v2t", "Video-to-text retrieval", "videos")):
+        for direction, title, unit in (("t2v", "Text-to-video retrieval", "captions"),
+                                       ("v2t", "Video-to-text retrieval", "videos")):
             if not retrieval_rows:
                 break
             body = []
@@ -334,7 +350,8 @@ class BenchmarkReport:
                 body.append([r.dataset, r.split, str(queries), str(candidates)] +
                             [_fmt(r.metrics.get(f"{direction}/{s}")) for s in RETRIEVAL_STATS] + [_fmt(chance, 2)])
             lines += [f"## {title}", "",
-                      format_table(["data", "split", f"queries ({unit})", "candidates", *RETRIEVAL_STATS, "chance R@1"], body, markdown=True),
+                      format_table(["data", "split", f"queries ({unit})", "candidates", *RETRIEVAL_STATS, "chance R@1"],
+                                   body, markdown=True),
                       ""]
         lines += ["## Protocol", ""]
         lines += [f"- **{key}**: {value}" for key, value in RETRIEVAL_PROTOCOL.items()]
@@ -349,19 +366,26 @@ class BenchmarkReport:
         if first.get("decode"):
             d = first["decode"]
             lines.append(f"- **decoding**: beam {d.get('num_beams')}, max length {d.get('max_length')}, min length "
-                         f"{d.get('min_length')}, length penalty {d.get('length_penalty')}, no-repeat n-gram {d.get('no_repeat_ngram_size')}")
+                         f"{d.get('min_length')}, length penalty {d.get('length_penalty')}, "
+                         f"no-repeat n-gram {d.get('no_repeat_ngram_size')}")
         lines.append(f"- **frames**: {first.get('num_frames', self.settings.get('num_frames'))} per video, "
-                     f"{first.get('frame_sampling', 'uniform')}; {self.settings.get('image_size')} px, CLIP preprocessing")
+                     f"{first.get('frame_sampling', 'uniform')}; {self.settings.get('image_size')} px, "
+                     "CLIP preprocessing")
         if first.get("caption_metrics"):
             c = first["caption_metrics"]
-            lines.append(f"- **caption metrics**: {c['scorer']}; tokenizer {c['tokenizer']}; METEOR {'on' if c['meteor'] else 'off'}; SPICE off")
+            meteor = "on" if c["meteor"] else "off"
+            lines.append(f"- **caption metrics**: {c['scorer']}; tokenizer {c['tokenizer']}; "
+                         f"METEOR {meteor}; SPICE off")
         if self.settings.get("max_videos"):
             lines.append(f"- **subset**: the first {self.settings['max_videos']} videos of each split")
         lines += ["", "## Data", "",
-                  format_table(["data", "split", "manifest", "sha256", "videos in split", "evaluated", "undecodable", "seconds"],
-                               [[r.dataset, r.split, f"`{r.data.get('manifest')}`", f"`{str(r.data.get('sha256'))[:16]}`",
+                  format_table(["data", "split", "manifest", "sha256", "videos in split", "evaluated", "undecodable",
+                                "seconds"],
+                               [[r.dataset, r.split, f"`{r.data.get('manifest')}`",
+                                 f"`{str(r.data.get('sha256'))[:16]}`",
                                  str(r.data.get("num_videos")), str(r.data.get("num_evaluated")),
-                                 str(r.counts.get("videos_skipped", 0)), f"{r.seconds:.1f}"] for r in self.rows], markdown=True),
+                                 str(r.counts.get("videos_skipped", 0)), f"{r.seconds:.1f}"] for r in self.rows],
+                               markdown=True),
                   ""]
         if files.get("recall") or files.get("ranks"):
             lines += ["## Plots", ""]
@@ -373,7 +397,8 @@ class BenchmarkReport:
         for r in caption_rows:
             lines += [f"## Sample captions: {r.label}", "",
                       format_table(["video", "prediction", "a reference"],
-                                   [[k, _md(r.predictions[k]), _md(r.references.get(k, [""])[0])] for k in sorted(r.predictions)[:8]],
+                                   [[k, _md(r.predictions[k]), _md(r.references.get(k, [""])[0])]
+                                    for k in sorted(r.predictions)[:8]],
                                    markdown=True),
                       ""]
             if r.predictions_file:
@@ -397,7 +422,8 @@ class BenchmarkReport:
         for row in self.rows:
             if not row.predictions:
                 continue
-            name = PREDICTIONS_JSON if len(self.rows) == 1 else f"predictions-{_safe(row.dataset)}-{_safe(row.split)}.json"
+            name = (PREDICTIONS_JSON if len(self.rows) == 1
+                    else f"predictions-{_safe(row.dataset)}-{_safe(row.split)}.json")
             write_predictions(out / name, row.predictions)
             row.predictions_file = name
             written[f"predictions:{row.label}"] = out / name
@@ -462,7 +488,8 @@ def format_table(header: Sequence[str], rows: Iterable[Sequence[str]], markdown:
 
     if markdown:
         lines = ["| " + " | ".join(cell(str(h), i) for i, h in enumerate(header)) + " |",
-                 "|" + "|".join(("-" * (widths[i] + 1) + ":") if numeric(i) else ("-" * (widths[i] + 2)) for i in range(len(header))) + "|"]
+                 "|" + "|".join(("-" * (widths[i] + 1) + ":") if numeric(i) else ("-" * (widths[i] + 2))
+                                for i in range(len(header))) + "|"]
         lines += ["| " + " | ".join(cell(c, i) for i, c in enumerate(r)) + " |" for r in rows]
     else:
         lines = ["  ".join(cell(str(h), i) for i, h in enumerate(header)).rstrip()]
@@ -471,8 +498,10 @@ def format_table(header: Sequence[str], rows: Iterable[Sequence[str]], markdown:
 
 
 def caption_metrics_table(metrics: dict[str, float], markdown: bool = False) -> str:
-    """Caption metrics as a two-column table in the usual order (metrics absent, e.g. METEOR without Java, are skipped)."""
-    return format_table(["metric", "score"], [[name, _fmt(metrics[key], 2)] for key, name in CAPTION_COLUMNS if key in metrics],
+    """Caption metrics as a two-column table in the usual order (metrics absent, e.g. METEOR without Java,
+    are skipped)."""
+    return format_table(["metric", "score"],
+                        [[name, _fmt(metrics[key], 2)] for key, name in CAPTION_COLUMNS if key in metrics],
                         markdown=markdown)
 
 
@@ -511,7 +540,8 @@ def plot_recall_at_k(rows: Sequence[EvalRow], path: str | os.PathLike) -> Path:
             ranks = row.t2v_ranks if direction == "t2v" else row.v2t_ranks
             candidates = row.counts.get("videos" if direction == "t2v" else "captions") or max(ranks or [1])
             ks, recall = _recall_curve(ranks, int(candidates))
-            ax.plot(ks, recall, drawstyle="steps-post", label=f"{row.label} (R@1 {row.metrics.get(direction + '/R@1', float('nan')):.1f})")
+            r_at_1 = row.metrics.get(direction + "/R@1", float("nan"))
+            ax.plot(ks, recall, drawstyle="steps-post", label=f"{row.label} (R@1 {r_at_1:.1f})")
         for k in (1, 5, 10):
             ax.axvline(k, color="0.85", linewidth=0.8, zorder=0)
         ax.set_xscale("log")
@@ -532,12 +562,16 @@ def plot_rank_histogram(rows: Sequence[EvalRow], path: str | os.PathLike) -> Pat
     import numpy as np
 
     figure = _figure(10, 4)
-    for i, (direction, title) in enumerate((("t2v", "text-to-video: rank of the video"), ("v2t", "video-to-text: rank of the best caption"))):
+    panels = (("t2v", "text-to-video: rank of the video"), ("v2t", "video-to-text: rank of the best caption"))
+    for i, (direction, title) in enumerate(panels):
         ax = figure.add_subplot(1, 2, i + 1)
         largest = max((max(r.t2v_ranks if direction == "t2v" else r.v2t_ranks, default=1) for r in rows), default=1)
         # Few candidates: one bar per rank on a linear axis; many: log-spaced bins on a log axis.
         linear = largest <= 40
-        bins = np.arange(1, largest + 2) if linear else np.unique(np.round(np.geomspace(1, largest + 1, 30)).astype(int))
+        if linear:
+            bins = np.arange(1, largest + 2)
+        else:
+            bins = np.unique(np.round(np.geomspace(1, largest + 1, 30)).astype(int))
         for row in rows:
             ranks = np.asarray(row.t2v_ranks if direction == "t2v" else row.v2t_ranks)
             if ranks.size == 0:
@@ -556,7 +590,7 @@ def plot_rank_histogram(rows: Sequence[EvalRow], path: str | os.PathLike) -> Pat
     return Path(path)
 
 
-def plot_anchor_explanation(explanation: "AnchorExplanation", path: str | os.PathLike) -> Path:
+def plot_anchor_explanation(explanation: AnchorExplanation, path: str | os.PathLike) -> Path:
     """Bar charts of the top anchors: the video's ``V_p``, the VAE's ``S_p_hat``, the caption's ``S_p``."""
     panels = [("video  $V_p$", explanation.video)]
     if explanation.predicted is not None:
@@ -577,7 +611,8 @@ def plot_anchor_explanation(explanation: "AnchorExplanation", path: str | os.Pat
         ax.set_title(title, fontsize=9)
     caption = explanation.caption_text if len(explanation.caption_text) <= 90 else explanation.caption_text[:89] + "…"
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    figure.suptitle(f"{Path(explanation.video_path).name}: \"{caption}\"  (orange: in both top-{k} of video and caption)", fontsize=9)
+    figure.suptitle(f"{Path(explanation.video_path).name}: \"{caption}\"  "
+                    f"(orange: in both top-{k} of video and caption)", fontsize=9)
     figure.tight_layout()
     figure.savefig(path)
     return Path(path)

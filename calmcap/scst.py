@@ -9,7 +9,8 @@ document frequencies from the training captions), and the loss is
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -68,7 +69,7 @@ def rewards(
     sample_refs = [refs for refs in references for _ in range(num_samples)]
     sample_scores = cider.scores([tokenizer.decode(s.tolist()) for s in sampled], sample_refs)
     baseline = [g for g in greedy_scores for _ in range(num_samples)]
-    advantage = torch.tensor([s - b for s, b in zip(sample_scores, baseline)], dtype=torch.float32)
+    advantage = torch.tensor([s - b for s, b in zip(sample_scores, baseline, strict=True)], dtype=torch.float32)
     stats = {
         "scst/greedy_cider": 100.0 * sum(greedy_scores) / len(greedy_scores),
         "scst/sample_cider": 100.0 * sum(sample_scores) / len(sample_scores),

@@ -8,10 +8,14 @@ pad = 0, unk = 1, bos = 2, eos = 3.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from calmcap.errors import CheckpointError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch  # imported where used: `import calmcap.tokenizer` stays torch-free
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
@@ -28,13 +32,14 @@ class CaptionTokenizer:
             self._sp.LoadFromSerializedProto(self._proto)
         except (RuntimeError, OSError) as error:
             raise CheckpointError(f"invalid SentencePiece model ({error})") from None
-        if (self._sp.pad_id(), self._sp.unk_id(), self._sp.bos_id(), self._sp.eos_id()) != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
+        special = (self._sp.pad_id(), self._sp.unk_id(), self._sp.bos_id(), self._sp.eos_id())
+        if special != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
             raise CheckpointError("SentencePiece model has unexpected special ids (expected pad=0 unk=1 bos=2 eos=3)")
 
     # ------------------------------------------------------------------ building and saving
 
     @classmethod
-    def train(cls, captions: Iterable[str], vocab_size: int = 8000, model_type: str = "unigram") -> "CaptionTokenizer":
+    def train(cls, captions: Iterable[str], vocab_size: int = 8000, model_type: str = "unigram") -> CaptionTokenizer:
         """Train on captions. ``vocab_size`` is an upper bound: small corpora get fewer pieces."""
         import sentencepiece as spm
 
@@ -61,7 +66,7 @@ class CaptionTokenizer:
         return cls(buffer.getvalue())
 
     @classmethod
-    def load(cls, path: str | Path) -> "CaptionTokenizer":
+    def load(cls, path: str | Path) -> CaptionTokenizer:
         path = Path(path)
         try:
             return cls(path.read_bytes())
@@ -90,7 +95,7 @@ class CaptionTokenizer:
             ids = ids[: max_length - 1] + [EOS_ID]
         return ids
 
-    def batch_encode(self, texts: Sequence[str], max_length: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+    def batch_encode(self, texts: Sequence[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded ids [B, L] and attention mask [B, L] (L = longest in batch, at most max_length)."""
         import torch
 

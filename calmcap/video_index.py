@@ -29,9 +29,10 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -99,7 +100,8 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any] | None:
     if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
         raise CalmcapError(f"{meta_path}: not a calmcap video index")
     if meta.get("format_version") != INDEX_VERSION:
-        raise CalmcapError(f"{meta_path}: index format version {meta.get('format_version')} is not supported (expects {INDEX_VERSION})")
+        raise CalmcapError(f"{meta_path}: index format version {meta.get('format_version')} is not supported "
+                           f"(expects {INDEX_VERSION})")
     return meta
 
 
@@ -170,7 +172,7 @@ class VideoIndex:
         self.embed_dim = int(meta["embed_dim"])
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "VideoIndex":
+    def open(cls, path: str | os.PathLike) -> VideoIndex:
         """Open an index folder (merged rows and pending parts)."""
         path = Path(path)
         if not path.exists():
@@ -295,9 +297,10 @@ class IndexWriter:
     def add(self, ids: Sequence[str], embeddings: np.ndarray) -> None:
         """Buffer rows: ``ids`` [n] and normalised ``embeddings`` [n, D] (stored as float16)."""
         embeddings = np.asarray(embeddings)
-        if embeddings.ndim != 2 or embeddings.shape[0] != len(ids) or embeddings.shape[1] != int(self.meta["embed_dim"]):
+        expected = (len(ids), int(self.meta["embed_dim"]))
+        if embeddings.ndim != 2 or embeddings.shape != expected:
             raise ValueError(f"expected [{len(ids)}, {self.meta['embed_dim']}] embeddings, got {embeddings.shape}")
-        for key, row in zip(ids, embeddings.astype(np.float16)):
+        for key, row in zip(ids, embeddings.astype(np.float16), strict=True):
             if key in self.done:
                 continue
             self.done.add(key)

@@ -15,8 +15,9 @@ beside, with the same video features.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +40,8 @@ def class_prompts() -> dict[str, dict[str, list[str]]]:
     for shape in DOMAIN_A.shape_words:
         prompts["shape"][shape] = [f"a {w}" for w in words(DOMAIN_A.shape_words, DOMAIN_B.shape_words, shape)]
     for colour in DOMAIN_A.colour_words:
-        prompts["colour"][colour] = [f"a {w} object" for w in words(DOMAIN_A.colour_words, DOMAIN_B.colour_words, colour)]
+        colour_words = words(DOMAIN_A.colour_words, DOMAIN_B.colour_words, colour)
+        prompts["colour"][colour] = [f"a {w} object" for w in colour_words]
     for size in DOMAIN_A.size_words:
         prompts["size"][size] = [f"a {w} object" for w in words(DOMAIN_A.size_words, DOMAIN_B.size_words, size)]
     for action in DOMAIN_A.action_words:

@@ -140,7 +140,6 @@ def evaluate_run(run_dir: Path, manifest: Path, max_videos: int) -> None:
     from calmcap.data.manifest import read_manifest
     from calmcap.evaluation import evaluate
     from calmcap.models.calm import CALMModel
-
     from calmcap.train_config import load_train_config
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -263,7 +262,7 @@ def plot_gap(table: dict, path: Path) -> None:
 
     metrics = [m for m in ("caption/CIDEr", "t2v/R@1") if any(f"in-domain/{m}" in row for row in table.values())]
     fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    for ax, metric in zip(axes[0], metrics, strict=True):
         names, gaps, errors = [], [], []
         for variant, row in table.items():
             a, b = row.get(f"in-domain/{metric}"), row.get(f"out-of-domain/{metric}")
@@ -290,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/ablate")
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time (threads are split between them)")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers per run")
-    parser.add_argument("--eval-max-videos", type=int, default=None, help="evaluate on the first N videos of each split")
+    parser.add_argument("--eval-max-videos", type=int, default=None,
+                        help="evaluate on the first N videos of each split")
     parser.add_argument("--override", action="append", default=[], help="extra key=value for every run")
     parser.add_argument("--evaluate-run", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--manifest", type=Path, help=argparse.SUPPRESS)
@@ -336,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             result.setdefault("seed", seed)
             result["diagnostics"] = last_training_row(out / run_name(name, seed))
             results.append(result)
-            print(f"[{done}/{len(jobs)}] {run_name(name, seed)} done ({time.time() - started:.0f} s elapsed)", flush=True)
+            print(f"[{done}/{len(jobs)}] {run_name(name, seed)} done ({time.time() - started:.0f} s elapsed)",
+                  flush=True)
     by_run = results
     results = [{**r, "variant": name} for name, (run, _) in run_of.items() for r in by_run if r["variant"] == run]
     table = aggregate(results, list(variants))

@@ -46,7 +46,8 @@ _CAPTIONS = [
     for size in ("small", "large", "tiny", "big")
     for colour in ("red", "green", "blue", "yellow", "purple", "orange")
     for shape in ("circle", "square", "triangle", "star", "man", "woman", "dog", "car")
-    for action in ("moves to the left", "is running on the road", "plays the guitar", "talks to the camera", "spins around")
+    for action in ("moves to the left", "is running on the road", "plays the guitar", "talks to the camera",
+                   "spins around")
 ]
 
 
@@ -91,7 +92,8 @@ def prepare(work: Path) -> tuple[Path, Path]:
 
         print(f"encoding a {SECONDS} s {WIDTH}x{HEIGHT} clip ...", file=sys.stderr)
         # CRF 23 (x264's default) gives ~3-4 Mbit/s here, the bitrate of typical 720p web video.
-        encode_video(clip, synthetic_frames(WIDTH, HEIGHT, FPS * SECONDS), FPS, keyframe_interval=FPS * KEYFRAME_SECONDS, crf=23)
+        encode_video(clip, synthetic_frames(WIDTH, HEIGHT, FPS * SECONDS), FPS,
+                     keyframe_interval=FPS * KEYFRAME_SECONDS, crf=23)
     return model_dir, clip
 
 
@@ -101,8 +103,8 @@ def run_child(args: list[str], threads: int) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
         out = handle.name
     spawn = time.time()
-    result = subprocess.run([sys.executable, __file__, "--child", *args, "--spawn-time", repr(spawn), "--child-out", out,
-                             "--threads", str(threads)], env=env, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, __file__, "--child", *args, "--spawn-time", repr(spawn),
+                             "--child-out", out, "--threads", str(threads)], env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"child failed:\n{result.stderr[-3000:]}")
     data = json.loads(Path(out).read_text())
@@ -128,7 +130,8 @@ def child_latency(args: argparse.Namespace) -> dict:
         stats.import_seconds += time.perf_counter() - stats_import
     start = time.perf_counter()  # threads: OMP_NUM_THREADS, set by the parent
     (result,) = caption_videos([args.clip], args.model, stats=stats, overlap=overlap,
-                               options=CaptionOptions(num_beams=NUM_BEAMS, max_length=MAX_LENGTH), num_frames=NUM_FRAMES)
+                               options=CaptionOptions(num_beams=NUM_BEAMS, max_length=MAX_LENGTH),
+                               num_frames=NUM_FRAMES)
     pipeline_wall = time.perf_counter() - start
     done = time.time()
     import torch
@@ -181,7 +184,7 @@ def latency_table(runs: list[dict]) -> str:
     row("  ... of which the main thread waited", [x["decode_wait_seconds"] for x in s])
     row("image tower (12 frames)", [x["tower_seconds"] for x in s])
     row("decoder / beam search", [x["decoder_seconds"] for x in s])
-    after = [r["total_seconds"] - r["startup_seconds"] - x["import_seconds"] for r, x in zip(runs, s)]
+    after = [r["total_seconds"] - r["startup_seconds"] - x["import_seconds"] for r, x in zip(runs, s, strict=True)]
     row("everything after the imports", after)
     row("total (spawn to caption)", [r["total_seconds"] for r in runs])
     row("target: 1.5 x (decode + image tower)", [1.5 * (x["decode_seconds"] + x["tower_seconds"]) for x in s])
@@ -196,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-videos", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=2, help="videos per forward pass in the throughput runs")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--latency-repeats", type=int, default=1, help="fresh processes per latency mode (the median is reported)")
+    parser.add_argument("--latency-repeats", type=int, default=1,
+                        help="fresh processes per latency mode (the median is reported)")
     parser.add_argument("--skip-batch", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     # internal: the measured child processes
@@ -246,14 +250,16 @@ def main(argv: list[str] | None = None) -> int:
             runs = sorted(batch["runs"][mode], key=lambda r: r["wall_seconds"])
             r = runs[len(runs) // 2]
             batch[f"median_{mode}"] = r
-            print(f"| {mode} | {r['videos'] / r['wall_seconds']:.2f} | {r['wall_seconds']:.2f} | {r['decode_seconds']:.2f} | "
-                  f"{r['decode_wait_seconds']:.2f} | {r['tower_seconds']:.2f} | {r['decoder_seconds']:.2f} |")
+            print(f"| {mode} | {r['videos'] / r['wall_seconds']:.2f} | {r['wall_seconds']:.2f} "
+                  f"| {r['decode_seconds']:.2f} | {r['decode_wait_seconds']:.2f} | {r['tower_seconds']:.2f} "
+                  f"| {r['decoder_seconds']:.2f} |")
 
     result = {
         "benchmark": "caption_latency",
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
         "settings": {"clip": f"{WIDTH}x{HEIGHT} {SECONDS}s {FPS}fps H.264, keyframe every {KEYFRAME_SECONDS}s",
-                     "num_frames": NUM_FRAMES, "num_beams": NUM_BEAMS, "max_length": MAX_LENGTH, "threads": args.threads},
+                     "num_frames": NUM_FRAMES, "num_beams": NUM_BEAMS, "max_length": MAX_LENGTH,
+                     "threads": args.threads},
         "latency": latency,
         "batch": batch,
     }

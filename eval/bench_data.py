@@ -55,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default=None,
                         help="benchmark folder, reused when present (default: <tmp>/calmcap-bench-data-<num-train>)")
     parser.add_argument("--batch-size", type=int, default=64, help="clips per batch (default: %(default)s)")
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers to compare (default: 0 2)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2],
+                        help="DataLoader workers to compare (default: 0 2)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the training loop; 1 leaves the other core to the decoding workers "
                              "and measured steadier than 2 on a shared 2-core machine (default: %(default)s)")
@@ -111,7 +112,9 @@ def build_model(tokenizer: Any, seed: int, name: str = "calmcap-tiny") -> Any:
     return model
 
 
-def make_loader(manifest: Path, model: Any, tokenizer: Any, source: Any, batch_size: int, workers: int, seed: int) -> Any:
+def make_loader(
+    manifest: Path, model: Any, tokenizer: Any, source: Any, batch_size: int, workers: int, seed: int
+) -> Any:
     import torch
     from torch.utils.data import DataLoader
 
@@ -200,7 +203,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append("| source | num_workers | clips/s | epoch (s) |")
         lines.append("|---|---:|---:|---:|")
         for row in results["loader"]:
-            lines.append(f"| {row['source']} | {row['num_workers']} | {row['clips_per_second']:.1f} | {row['seconds']:.2f} |")
+            lines.append(f"| {row['source']} | {row['num_workers']} | {row['clips_per_second']:.1f} "
+                         f"| {row['seconds']:.2f} |")
         lines.append("")
     if "train" in results:
         t = results["train"]
@@ -241,10 +245,14 @@ def main(argv: list[str] | None = None) -> int:
     from calmcap.tokenizer import CaptionTokenizer
 
     torch.set_num_threads(args.threads)
-    data_dir = Path(args.data_dir) if args.data_dir else Path(tempfile.gettempdir()) / f"calmcap-bench-data-{args.num_train}"
+    if args.data_dir:
+        data_dir = Path(args.data_dir)
+    else:
+        data_dir = Path(tempfile.gettempdir()) / f"calmcap-bench-data-{args.num_train}"
     total_start = time.perf_counter()
     manifest, synth_seconds = ensure_benchmark(data_dir, args.num_train, args.seed)
-    print(f"benchmark: {manifest} ({'generated in %.1f s' % synth_seconds if synth_seconds else 'reused'})", file=sys.stderr)
+    made = f"generated in {synth_seconds:.1f} s" if synth_seconds else "reused"
+    print(f"benchmark: {manifest} ({made})", file=sys.stderr)
     entries = read_manifest(manifest, "train")
     tokenizer = CaptionTokenizer.train([c for e in entries for c in e.captions], vocab_size=1000)
     model = build_model(tokenizer, args.seed, args.model)

@@ -29,8 +29,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -56,7 +56,8 @@ def synthetic_frames(width: int, height: int, num_frames: int, seed: int = 0) ->
     coarse = rng.integers(0, 256, (height // 8 + 2, width // 8 + 2, 3), dtype=np.uint8)
     texture = np.repeat(np.repeat(coarse, 16, axis=0), 16, axis=1)[: 2 * height, : 2 * width]
     # cheap blur: average of shifted copies softens the block edges
-    texture = ((texture[:-4, :-4].astype(np.uint16) + texture[4:, 4:] + texture[:-4, 4:] + texture[4:, :-4]) // 4).astype(np.uint8)
+    shifted_sum = texture[:-4, :-4].astype(np.uint16) + texture[4:, 4:] + texture[:-4, 4:] + texture[4:, :-4]
+    texture = (shifted_sum // 4).astype(np.uint8)
     grain = [rng.integers(-6, 7, (height, width, 1), dtype=np.int16) for _ in range(8)]
     boxes = []
     for _ in range(8):
@@ -82,7 +83,9 @@ def synthetic_frames(width: int, height: int, num_frames: int, seed: int = 0) ->
         yield np.clip(frame, 0, 255).astype(np.uint8)
 
 
-def make_clips(out_dir: Path, seconds: int, fps: int, keyframe_seconds: list[int], resolutions: list[str], threads: int) -> list[dict]:
+def make_clips(
+    out_dir: Path, seconds: int, fps: int, keyframe_seconds: list[int], resolutions: list[str], threads: int
+) -> list[dict]:
     clips = []
     for res in resolutions:
         width, height = RESOLUTIONS[res]
@@ -176,14 +179,16 @@ def decode_all_pyav(path: str, num_frames: int, threads: int) -> np.ndarray:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("bench_decode.json"), help="JSON results file")
-    parser.add_argument("--video-dir", type=Path, default=None, help="where clips are written (default: a temp dir); existing clips are reused")
+    parser.add_argument("--video-dir", type=Path, default=None,
+                        help="where clips are written (default: a temp dir); existing clips are reused")
     parser.add_argument("--seconds", type=int, default=30)
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--keyframe-seconds", type=int, nargs="+", default=[10, 2])
     parser.add_argument("--resolutions", nargs="+", default=["720p", "360p"], choices=sorted(RESOLUTIONS))
     parser.add_argument("--num-frames", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="decoder threads for every loader (1: one DataLoader worker per core)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="decoder threads for every loader (1: one DataLoader worker per core)")
     args = parser.parse_args(argv)
 
     try:
@@ -252,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     for row in results:
         s, r = row["seconds"], row["ratio_vs_decord"]
         cells = [f"{s[k]:.3f} s" for k in names]
-        ratios = [f"{r[per_second_name]:.1f}x", f"{r['decode all (PyAV), keep 12']:.2f}x", f"{r['calmcap pyav (sparse)']:.2f}x"]
+        ratios = [f"{r[per_second_name]:.1f}x", f"{r['decode all (PyAV), keep 12']:.2f}x",
+                  f"{r['calmcap pyav (sparse)']:.2f}x"]
         print(f"| {row['clip']['name']} | " + " | ".join(cells + ratios) + " |")
     print(f"\nJSON: {args.out}")
     if temp is not None:

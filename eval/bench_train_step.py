@@ -128,7 +128,8 @@ def largest_batch(stepper: Stepper, args, device, generator) -> tuple[int, list[
     while size <= args.max_batch:
         ok, peak = fits(stepper, args, size, device, generator)
         trials.append({"batch": size, "fits": ok, "peak_gib": peak})
-        print(f"  batch {size}: {'fits' if ok else 'out of memory'}" + (f", peak {peak:.1f} GiB" if ok else ""), flush=True)
+        print(f"  batch {size}: {'fits' if ok else 'out of memory'}" + (f", peak {peak:.1f} GiB" if ok else ""),
+              flush=True)
         if not ok:
             bad = size
             break
@@ -139,7 +140,8 @@ def largest_batch(stepper: Stepper, args, device, generator) -> tuple[int, list[
             break
         ok, peak = fits(stepper, args, middle, device, generator)
         trials.append({"batch": middle, "fits": ok, "peak_gib": peak})
-        print(f"  batch {middle}: {'fits' if ok else 'out of memory'}" + (f", peak {peak:.1f} GiB" if ok else ""), flush=True)
+        print(f"  batch {middle}: {'fits' if ok else 'out of memory'}" + (f", peak {peak:.1f} GiB" if ok else ""),
+              flush=True)
         good, bad = (middle, bad) if ok else (good, middle)
     return good, trials
 

@@ -52,8 +52,10 @@ def parse_bench(text: str) -> tuple[str, str, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="suites: " + ", ".join(SUITES))
-    parser.add_argument("--model", default=None, help="checkpoint directory (default: $CALMCAP_MODEL or runs/synth_tiny/model)")
-    parser.add_argument("--suite", action="append", choices=sorted(SUITES), help="named benchmark (repeatable; default: synth)")
+    parser.add_argument("--model", default=None,
+                        help="checkpoint directory (default: $CALMCAP_MODEL or runs/synth_tiny/model)")
+    parser.add_argument("--suite", action="append", choices=sorted(SUITES),
+                        help="named benchmark (repeatable; default: synth)")
     parser.add_argument("--bench", action="append", type=parse_bench, default=[], metavar="NAME=MANIFEST:SPLITS",
                         help="an inline benchmark (repeatable)")
     parser.add_argument("--out", required=True, help="output folder")
@@ -83,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: {note}", file=sys.stderr)
     try:
         if not present:
-            raise CalmcapError("no benchmark manifest found; prepare one (`calmcap synth data/synth`, `calmcap prepare ...`)")
+            raise CalmcapError("no benchmark manifest found; "
+                               "prepare one (`calmcap synth data/synth`, `calmcap prepare ...`)")
         report = evaluate_checkpoint(
             args.model, present, out=None, batch_size=args.batch_size, num_workers=args.num_workers,
             decode=CaptionOptions(num_beams=args.num_beams, max_length=args.max_length),

@@ -23,7 +23,8 @@ from pathlib import Path
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--pretrained", default="synth", help="open_clip tag or weights file; 'none' for random init (default: %(default)s)")
+    source.add_argument("--pretrained", default="synth",
+                        help="open_clip tag or weights file; 'none' for random init (default: %(default)s)")
     source.add_argument("--model", help="a calmcap checkpoint directory: evaluate its CLIP towers instead")
     parser.add_argument("--arch", default="calmcap-tiny-clip", help="open_clip architecture (default: %(default)s)")
     parser.add_argument("--data", default="data/synth", help="benchmark manifest or its folder (default: %(default)s)")
@@ -45,7 +46,8 @@ def load_towers(args: argparse.Namespace):
         from calmcap.models.calm import CALMModel
 
         model = CALMModel.from_pretrained(args.model)
-        return model.clip, clip_text_tokenizer(model.config.clip.arch), model.config.image_size, f"checkpoint {args.model}"
+        tokenizer = clip_text_tokenizer(model.config.clip.arch)
+        return model.clip, tokenizer, model.config.image_size, f"checkpoint {args.model}"
     image_size = int(clip_arch_config(args.arch)["vision_cfg"]["image_size"])
     pretrained = None if args.pretrained.lower() in ("none", "null", "") else args.pretrained
     clip = build_clip(ClipConfig(arch=args.arch, pretrained=pretrained), image_size)
@@ -58,7 +60,8 @@ def write_report(results: dict, out: Path, description: str) -> None:
     splits = list(results["splits"])
     lines = [f"# Zero-shot figures: {description}", "",
              "Accuracy (%) of the class whose prompts score highest; chance = 1 / number of classes.", "",
-             "| split | videos | " + " | ".join(f"{a} (chance)" for a in ATTRIBUTES) + " | all five | t2v R@1 | t2v R@5 | v2t R@1 |",
+             "| split | videos | " + " | ".join(f"{a} (chance)" for a in ATTRIBUTES)
+             + " | all five | t2v R@1 | t2v R@5 | v2t R@1 |",
              "|---|---:|" + "---:|" * (len(ATTRIBUTES) + 4)]
     for split in splits:
         r = results["splits"][split]

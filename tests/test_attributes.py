@@ -43,7 +43,7 @@ def test_generated_captions_of_every_split_parse_to_the_ground_truth():
             rng = synth.video_rng(0, split, index)
             scene = synth._sample_scene(rng, synth.DOMAINS[rendering], 96)
             captions, mentions = synth._make_captions(rng, synth.DOMAINS[wording], scene, synth.CAPTIONS_PER_VIDEO)
-            for caption, mentioned in zip(captions, mentions):
+            for caption, mentioned in zip(captions, mentions, strict=True):
                 expected = {a: {scene[a]} for a in mentioned}
                 assert _only(caption) == expected, (split, caption)
 

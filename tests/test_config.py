@@ -43,7 +43,8 @@ def test_wrong_types_and_values_are_named(key, value, message):
 
 
 def test_overrides_parse_yaml_values():
-    config = get_model_config("calmcap-tiny", ["alignment.variant=kl", "anchors.num_anchors=50", "anchors.learn_tau=true"])
+    config = get_model_config("calmcap-tiny",
+                              ["alignment.variant=kl", "anchors.num_anchors=50", "anchors.learn_tau=true"])
     assert config.alignment.variant == "kl" and config.anchors.num_anchors == 50 and config.anchors.learn_tau is True
     assert get_model_config("calmcap-tiny", ["anchors.num_anchors=0"]).use_anchors is False
     assert get_model_config("calmcap-tiny", ["alignment.variant=none"]).use_anchors is False

@@ -42,7 +42,7 @@ def test_greedy_and_beam_captions_on_cuda_match_cpu(make_model, tiny_batch):
         cpu = [model.generate(video, mask, num_beams=beams, max_length=10) for beams in (1, 3)]
         model.cuda()
         gpu = [model.generate(video.cuda(), mask.cuda(), num_beams=beams, max_length=10) for beams in (1, 3)]
-    for a, b in zip(cpu, gpu):
+    for a, b in zip(cpu, gpu, strict=True):
         assert torch.equal(a["sequences"], b["sequences"].cpu())
         assert a["captions"] == b["captions"]
         torch.testing.assert_close(b["scores"].cpu(), a["scores"], rtol=1e-4, atol=1e-4)

@@ -129,7 +129,8 @@ def test_evaluation_scores_the_undecodable_video_as_a_miss():
 
     def score(similarity, owners, is_valid, bad):
         # Text embeddings = rows of the matrix, video embeddings = the identity: text @ video.T = similarity.
-        return _score(None, np.array(is_valid), torch.eye(similarity.shape[1], dtype=torch.float64), torch.tensor(similarity), owners,
+        videos = torch.eye(similarity.shape[1], dtype=torch.float64)
+        return _score(None, np.array(is_valid), videos, torch.tensor(similarity), owners,
                       [f"caption {i}" for i in range(len(owners))], None, None, bad, False, False)
 
     with_bad = score(HAND_SIMILARITY, HAND_OWNERS, [True, True, False], ["v2.mp4: truncated"])

@@ -7,12 +7,11 @@ below are shared with tests/test_cli.py and tests/test_reports.py through ``chec
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
-import re
-
 import pytest
 
 from calmcap.errors import CalmcapError, VideoDecodeError
@@ -66,7 +65,8 @@ def test_expand_video_inputs_files_dirs_globs_and_problems(tmp_path):
         tmp_path / "a", str(tmp_path / "*.avi"), str(tmp_path / "a" / "x.mp4"), explicit,
         tmp_path / "missing.mp4", str(tmp_path / "nothing*.mp4"), tmp_path / "empty",
     ])
-    assert videos == [str(tmp_path / "a" / "deep" / "y.MKV"), str(tmp_path / "a" / "x.mp4"), str(tmp_path / "z.avi"), str(explicit)]
+    assert videos == [str(tmp_path / "a" / "deep" / "y.MKV"), str(tmp_path / "a" / "x.mp4"), str(tmp_path / "z.avi"),
+                      str(explicit)]
     reasons = dict(problems)
     assert reasons[str(tmp_path / "missing.mp4")] == "no such file or directory"
     assert "matches no video" in reasons[str(tmp_path / "nothing*.mp4")]
@@ -173,7 +173,8 @@ def test_captions_decode_as_the_checkpoint_says_unless_told_otherwise(make_model
     from calmcap.config import DecodeOptions
     from calmcap.pipeline import CaptionOptions, caption_videos, evaluate_checkpoint, load_model
 
-    path = save_pretrained(make_model(seed=0, overrides=["clip.pretrained=synth"]), tmp_path / "model", generation=DecodeOptions(num_beams=1, max_length=2))
+    path = save_pretrained(make_model(seed=0, overrides=["clip.pretrained=synth"]), tmp_path / "model",
+                           generation=DecodeOptions(num_beams=1, max_length=2))
     assert read_generation(path) == DecodeOptions(num_beams=1, max_length=2)
     assert load_model(path).generation == DecodeOptions(num_beams=1, max_length=2)
     videos = manifest_videos(synth_small, "test")[:2]
@@ -195,7 +196,7 @@ def test_caption_equals_evaluation_caption(tiny_checkpoint, synth_small):
     videos = manifest_videos(synth_small, "test")
     results = caption_videos(videos, tiny_checkpoint, options=CaptionOptions(num_beams=2, max_length=6))
     ids = [json.loads(line)["video_id"] for line in synth_small.read_text().splitlines() if '"split": "test"' in line]
-    assert {i: r.caption for i, r in zip(ids, results)} == row.predictions
+    assert {i: r.caption for i, r in zip(ids, results, strict=True)} == row.predictions
 
 
 def test_load_model_is_cached_and_num_frames_checked(tiny_checkpoint, tiny_model, make_model):
@@ -336,8 +337,8 @@ def test_score_captions_formats_and_mismatch(synth_small):
     refs = load_references(synth_small, "test")
     preds = {k: v[0] for k, v in refs.items()}
     coco = [{"image_id": k, "caption": v} for k, v in preds.items()]
-    result = score_captions(coco, {"annotations": [{"image_id": k, "caption": c} for k, cs in refs.items() for c in cs]},
-                            use_java=False)
+    annotations = [{"image_id": k, "caption": c} for k, cs in refs.items() for c in cs]
+    result = score_captions(coco, {"annotations": annotations}, use_java=False)
     assert result.metrics == caption_metrics(preds, refs, use_java=False)
     assert result.num_videos == 5 and result.num_references == 25
     assert load_predictions({"1": "a"}) == {"1": "a"}

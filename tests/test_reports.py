@@ -40,8 +40,9 @@ def model_dir(tmp_path_factory, make_model) -> Path:
 def cross_domain(model_dir, synth_small, tmp_path_factory):
     """One evaluate call over test (in-domain) and test_ood (out-of-domain) of the embedded benchmark."""
     out = tmp_path_factory.mktemp("report")
-    code = main(["evaluate", "--model", str(model_dir), "--data", str(synth_small.parent), "--split", "test", "--split", "test_ood",
-                 "--out", str(out), "--no-java", "--max-length", "6", "--batch-size", "4", "--num-workers", "0", "--no-progress"])
+    code = main(["evaluate", "--model", str(model_dir), "--data", str(synth_small.parent),
+                 "--split", "test", "--split", "test_ood", "--out", str(out),
+                 "--no-java", "--max-length", "6", "--batch-size", "4", "--num-workers", "0", "--no-progress"])
     assert code == 0
     return out
 
@@ -72,8 +73,10 @@ def test_report_json_keys_and_identities(cross_domain, model_dir, synth_small):
         assert row["protocol"]["attributes"]["videos"] == 5
         protocol = row["protocol"]
         assert "best-ranked correct caption" in protocol["retrieval"]["v2t"]
-        assert protocol["decode"]["max_length"] == 6 and protocol["num_frames"] == 8 and protocol["split"] == row["split"]
-        assert protocol["caption_metrics"]["meteor"] is False and "not paper-comparable" in protocol["caption_metrics"]["tokenizer"]
+        assert protocol["decode"]["max_length"] == 6 and protocol["num_frames"] == 8
+        assert protocol["split"] == row["split"]
+        assert protocol["caption_metrics"]["meteor"] is False
+        assert "not paper-comparable" in protocol["caption_metrics"]["tokenizer"]
         # The stored ranks reproduce the metrics.
         t2v, v2t = np.array(row["ranks"]["t2v"]), np.array(row["ranks"]["v2t"])
         assert len(t2v) == 25 and len(v2t) == 5
@@ -88,7 +91,8 @@ def test_predictions_markdown_and_plots(cross_domain, synth_small, capsys):
     rows = {r["split"]: r for r in json.loads((cross_domain / "report.json").read_text())["evaluations"]}
     for split in ("test", "test_ood"):
         predictions = json.loads((cross_domain / f"predictions-{name}-{split}.json").read_text())
-        assert sorted(p["image_id"] for p in predictions) == sorted(e["video_id"] for e in entries if e["split"] == split)
+        expected_ids = sorted(e["video_id"] for e in entries if e["split"] == split)
+        assert sorted(p["image_id"] for p in predictions) == expected_ids
         assert all(set(p) == {"image_id", "caption"} and isinstance(p["caption"], str) for p in predictions)
         # The predictions and the manifest's ground truth reproduce the attribute metrics.
         truths = {e["video_id"]: e["extra"] for e in entries if e["split"] == split}
@@ -114,18 +118,21 @@ def test_predictions_markdown_and_plots(cross_domain, synth_small, capsys):
 
 
 def test_single_split_writes_predictions_json_and_prints_table(model_dir, synth_small, tmp_path, capsys):
-    code = main(["evaluate", "--model", str(model_dir), "--data", str(synth_small), "--split", "val", "--out", str(tmp_path),
+    code = main(["evaluate", "--model", str(model_dir), "--data", str(synth_small), "--split", "val",
+                 "--out", str(tmp_path),
                  "--task", "retrieval", "--no-plots", "--no-progress", "--max-videos", "4", "--num-workers", "0"])
     assert code == 0
     out = capsys.readouterr().out
     assert "t2v R@1" in out and "CIDEr" not in out and "wrote report.json, report.md" in out
     report = json.loads((tmp_path / "report.json").read_text())
     row = report["evaluations"][0]
-    assert set(row["metrics"]) == RETRIEVAL_KEYS and row["data"]["num_videos"] == 7 and row["data"]["num_evaluated"] == 4
+    assert set(row["metrics"]) == RETRIEVAL_KEYS
+    assert row["data"]["num_videos"] == 7 and row["data"]["num_evaluated"] == 4
     assert not list(tmp_path.glob("*.png")) and not list(tmp_path.glob("predictions*.json"))
 
-    code = main(["evaluate", "--model", str(model_dir), "--data", str(synth_small), "--split", "val", "--out", str(tmp_path / "c"),
-                 "--task", "caption", "--no-java", "--max-length", "4", "--no-progress", "--max-videos", "2", "--num-workers", "0"])
+    code = main(["evaluate", "--model", str(model_dir), "--data", str(synth_small), "--split", "val",
+                 "--out", str(tmp_path / "c"), "--task", "caption", "--no-java", "--max-length", "4",
+                 "--no-progress", "--max-videos", "2", "--num-workers", "0"])
     assert code == 0
     assert [p.name for p in (tmp_path / "c").glob("predictions*.json")] == ["predictions.json"]
 
@@ -137,8 +144,9 @@ def test_no_ground_truth_no_attribute_metrics(model_dir, synth_small, tmp_path):
                 for e in lines if e["split"] == "test"]
     manifest = tmp_path / "plain.jsonl"
     manifest.write_text("".join(json.dumps(e) + "\n" for e in stripped))
-    code = main(["evaluate", "--model", str(model_dir), "--data", str(manifest), "--split", "test", "--out", str(tmp_path / "r"),
-                 "--task", "caption", "--no-java", "--max-length", "4", "--no-progress", "--max-videos", "2", "--num-workers", "0"])
+    code = main(["evaluate", "--model", str(model_dir), "--data", str(manifest), "--split", "test",
+                 "--out", str(tmp_path / "r"), "--task", "caption", "--no-java", "--max-length", "4",
+                 "--no-progress", "--max-videos", "2", "--num-workers", "0"])
     assert code == 0
     (row,) = json.loads((tmp_path / "r" / "report.json").read_text())["evaluations"]
     assert CIDER in row["metrics"] and not set(row["metrics"]) & ATTRIBUTE_KEYS and "attributes" not in row["protocol"]
@@ -146,9 +154,11 @@ def test_no_ground_truth_no_attribute_metrics(model_dir, synth_small, tmp_path):
 
 
 def test_evaluate_usage_errors(model_dir, synth_small, tmp_path, capsys):
-    assert main(["evaluate", "--model", str(model_dir), "--data", str(tmp_path), "--split", "test", "--out", str(tmp_path / "o")]) == 2
+    assert main(["evaluate", "--model", str(model_dir), "--data", str(tmp_path), "--split", "test",
+                 "--out", str(tmp_path / "o")]) == 2
     assert "no manifest.jsonl" in capsys.readouterr().err
-    assert main(["evaluate", "--model", str(model_dir), "--data", str(synth_small), "--split", "nope", "--out", str(tmp_path / "o")]) == 2
+    assert main(["evaluate", "--model", str(model_dir), "--data", str(synth_small), "--split", "nope",
+                 "--out", str(tmp_path / "o")]) == 2
     assert "no videos in split" in capsys.readouterr().err
 
 
@@ -159,4 +169,5 @@ def test_format_table_aligns_numbers_right():
     assert text.splitlines() == ["name       value", "a            1.0", "long name   12.5"]
     markdown = format_table(["name", "value"], [["a", "1.0"]], markdown=True)
     assert markdown.splitlines()[1] == "|------|------:|"
-    assert caption_metrics_table({CIDER: 12.345, BLEU_4: 1.0}).splitlines() == ["metric  score", "BLEU-4   1.00", "CIDEr   12.35"]
+    assert caption_metrics_table({CIDER: 12.345, BLEU_4: 1.0}).splitlines() == [
+        "metric  score", "BLEU-4   1.00", "CIDEr   12.35"]

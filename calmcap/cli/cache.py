@@ -34,16 +34,19 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                         help="frame side S (default: the model's image size with --model, else 224)")
     parser.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES,
                         help="at most this many frames per clip, sampled uniformly (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=2, help="decoder processes; 0 runs in this process (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="decoder processes; 0 runs in this process (default: %(default)s)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="decoder (default: %(default)s)")
     parser.add_argument("--features", action="store_true", help="also cache the image tower's frame features")
     parser.add_argument("--model", default=None,
-                        help="checkpoint directory, or a registered model name with pretrained CLIP weights (for --features)")
+                        help="checkpoint directory, or a registered model name with pretrained CLIP weights "
+                             "(for --features)")
     parser.add_argument("--no-frames", action="store_true",
                         help="with --features: do not keep a frames cache (decode straight into features)")
     parser.add_argument("--batch-size", type=int, default=256, help="frames per tower forward (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="device for the tower (default: %(default)s)")
-    parser.add_argument("--overwrite", action="store_true", help="rebuild a cache made with other settings or another tower")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="rebuild a cache made with other settings or another tower")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(parser=parser)
 
@@ -74,11 +77,13 @@ def run(args: argparse.Namespace) -> int:
         frames = cache_frames(args.manifest, args.cache_dir, image_size, splits=args.splits, max_frames=args.max_frames,
                               workers=args.workers, progress=progress, backend=args.backend, overwrite=args.overwrite)
         out(f"frames: {frames.num_cached}/{frames.num_videos} videos cached at {image_size}px "
-            f"({frames.num_written} new, {frames.num_skipped} kept) in {frames.seconds:.1f} s -> {Path(args.cache_dir) / FRAMES}")
+            f"({frames.num_written} new, {frames.num_skipped} kept) in {frames.seconds:.1f} s "
+            f"-> {Path(args.cache_dir) / FRAMES}")
         print_bad_videos(frames.bad, frames.bad_videos_path)
     if model is not None:
         features = cache_features(model, args.manifest, args.cache_dir, splits=args.splits, batch_size=args.batch_size,
-                                  progress=progress, max_frames=args.max_frames, workers=args.workers if args.no_frames else 0,
+                                  progress=progress, max_frames=args.max_frames,
+                                  workers=args.workers if args.no_frames else 0,
                                   backend=args.backend, overwrite=args.overwrite)
         tower = features.meta["tower"]
         out(f"features: {features.num_cached}/{features.num_videos} videos ({features.num_written} new, "

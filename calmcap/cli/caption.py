@@ -1,4 +1,5 @@
-"""``calmcap caption VIDEO...``: caption videos (files, directories, globs) with :func:`calmcap.pipeline.iter_captions`."""
+"""``calmcap caption VIDEO...``: caption videos (files, directories, globs) with
+:func:`calmcap.pipeline.iter_captions`."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "caption", help="caption videos (files, directories, globs)", add_arguments=_arguments,
         description="Caption videos. Prints 'path<TAB>caption' per video (only the caption for a single file). "
-                    "Bad videos are listed on stderr as 'path: reason'; the others are still captioned (exit status 1).",
+                    "Bad videos are listed on stderr as 'path: reason'; "
+                    "the others are still captioned (exit status 1).",
         epilog="examples:\n  calmcap caption clip.mp4 --model runs/synth_tiny/model\n"
                "  calmcap caption videos/ 'more/*.mp4' --json --num-return-sequences 3 > captions.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -27,13 +29,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files, directories (searched recursively) or glob patterns")
+    parser.add_argument("videos", nargs="+", metavar="VIDEO",
+                        help="video files, directories (searched recursively) or glob patterns")
     add_model_options(parser)
-    parser.add_argument("--json", action="store_true", help='print a JSON array of {"video", "caption", "score"} (+ "beams")')
-    parser.add_argument("--num-frames", type=positive_int, default=None, metavar="T", help="frames per video (default: the model's)")
+    parser.add_argument("--json", action="store_true",
+                        help='print a JSON array of {"video", "caption", "score"} (+ "beams")')
+    parser.add_argument("--num-frames", type=positive_int, default=None, metavar="T",
+                        help="frames per video (default: the model's)")
     parser.add_argument("--batch-size", type=positive_int, default=4, metavar="B",
-                        help="videos per forward pass; decoding of the next batch overlaps this one (default: %(default)s)")
-    parser.add_argument("--no-overlap", action="store_true", help="decode in the main thread (no overlap with the model)")
+                        help="videos per forward pass; decoding of the next batch overlaps this one "
+                             "(default: %(default)s)")
+    parser.add_argument("--no-overlap", action="store_true",
+                        help="decode in the main thread (no overlap with the model)")
     parser.add_argument("--timings", action="store_true", help="print where the time went on stderr")
     add_decoding_options(parser)
 

@@ -1,4 +1,5 @@
-"""``calmcap check MANIFEST``: open every video of a manifest and list the bad ones (:mod:`calmcap.data.video_check`)."""
+"""``calmcap check MANIFEST``: open every video of a manifest and list the bad ones
+(:mod:`calmcap.data.video_check`)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("manifest", help="manifest (JSON lines)")
     parser.add_argument("--split", action="append", dest="splits", metavar="SPLIT",
                         help="only this split (repeatable; default: every split)")
-    parser.add_argument("--workers", type=int, default=2, help="decoder processes; 0 runs in this process (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="decoder processes; 0 runs in this process (default: %(default)s)")
     parser.add_argument("--out", default=None, help="output folder (default: <manifest dir>/check-<manifest stem>)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="decoder (default: %(default)s)")
     parser.add_argument("--num-frames", type=int, default=DEFAULT_CHECK_FRAMES,
@@ -53,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         out(f"  {count:>6}  {reason}")
     print_bad_videos(report.bad, report.bad_videos_path)
     if report.summary.get("num_warnings"):
-        out(f"{report.summary['num_warnings']} warning(s) (clips starting after the video ends) in {report.summary_path}")
+        out(f"{report.summary['num_warnings']} warning(s) (clips starting after the video ends) "
+            f"in {report.summary_path}")
     out(f"summary: {report.summary_path}")
     return 1 if report.bad else 0

@@ -16,8 +16,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         add_arguments=_arguments,
         description="Evaluate a checkpoint on one or several manifest splits and write report.json, report.md, "
                     "predictions and plots to --out. Several --data/--split pairs give one cross-domain table.",
-        epilog="examples:\n  calmcap evaluate --model runs/synth_tiny/model --data data/synth --split test --split test_ood --out reports/synth\n"
-               "  calmcap evaluate --model M --data data/msrvtt --split test --data data/msvd/manifest.jsonl --split test --out reports/xd",
+        epilog="examples:\n"
+               "  calmcap evaluate --model runs/synth_tiny/model --data data/synth --split test --split test_ood "
+               "--out reports/synth\n"
+               "  calmcap evaluate --model M --data data/msrvtt --split test "
+               "--data data/msvd/manifest.jsonl --split test --out reports/xd",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.set_defaults(run=run, data_groups=None)
@@ -50,12 +53,17 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", action=_SplitAction, required=True, metavar="NAME",
                         help="split of the preceding --data (repeatable; 'a,b' for several)")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the reports")
-    parser.add_argument("--task", choices=("all", "caption", "retrieval"), default="all", help="what to evaluate (default: %(default)s)")
-    parser.add_argument("--batch-size", type=positive_int, default=16, metavar="B", help="videos per batch (default: %(default)s)")
+    parser.add_argument("--task", choices=("all", "caption", "retrieval"), default="all",
+                        help="what to evaluate (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, metavar="B",
+                        help="videos per batch (default: %(default)s)")
     parser.add_argument("--num-workers", type=int, default=1, metavar="N",
-                        help="decoder processes (overlap with the model; 0: decode in this process; default: %(default)s)")
-    parser.add_argument("--num-frames", type=positive_int, default=None, metavar="T", help="frames per video (default: the model's)")
-    parser.add_argument("--max-videos", type=positive_int, default=None, metavar="N", help="only the first N videos of each split (quick checks)")
+                        help="decoder processes (overlap with the model; 0: decode in this process; "
+                             "default: %(default)s)")
+    parser.add_argument("--num-frames", type=positive_int, default=None, metavar="T",
+                        help="frames per video (default: the model's)")
+    parser.add_argument("--max-videos", type=positive_int, default=None, metavar="N",
+                        help="only the first N videos of each split (quick checks)")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves a Java start-up)")
     parser.add_argument("--no-java", action="store_true", help="Python tokenizer, no METEOR (not paper-comparable)")
     parser.add_argument("--no-plots", action="store_true", help="no PNG plots")

@@ -26,9 +26,11 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("video", metavar="VIDEO")
     add_model_options(parser)
     parser.add_argument("--caption", metavar="TEXT", help="caption to explain (default: the model's own)")
-    parser.add_argument("--top-k", type=positive_int, default=10, metavar="K", help="anchors per distribution (default: %(default)s)")
+    parser.add_argument("--top-k", type=positive_int, default=10, metavar="K",
+                        help="anchors per distribution (default: %(default)s)")
     parser.add_argument("--out", metavar="PNG", help="write the bar chart here")
-    parser.add_argument("--num-frames", type=positive_int, default=None, metavar="T", help="frames per video (default: the model's)")
+    parser.add_argument("--num-frames", type=positive_int, default=None, metavar="T",
+                        help="frames per video (default: the model's)")
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -51,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         out(f"\n{title}:")
         for i, (label, p) in enumerate(values):
             out(f"  {i + 1:>3}  {100 * p:6.2f}%  {label}")
-    out(f"\nin both the video's and the caption's top {len(e.video)}: {', '.join(e.overlap) if e.overlap else '(none)'}")
+    overlap = ", ".join(e.overlap) if e.overlap else "(none)"
+    out(f"\nin both the video's and the caption's top {len(e.video)}: {overlap}")
     if args.out:
         out(f"wrote {args.out}")
     return 0

@@ -14,8 +14,8 @@ EXIT_SOME_FAILED = 1
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "index", help="embed videos into an on-disk search index (resumable)", add_arguments=_arguments,
-        description="Embed videos (normalised video vectors, float16) into an index folder. Re-running adds only videos "
-                    "not yet indexed; bad videos are listed and skipped (exit status 1).",
+        description="Embed videos (normalised video vectors, float16) into an index folder. "
+                    "Re-running adds only videos not yet indexed; bad videos are listed and skipped (exit status 1).",
         epilog="example:\n  calmcap index --model runs/synth_tiny/model data/synth/videos/test --out index/synth_test",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -27,9 +27,12 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files, directories or glob patterns")
     parser.add_argument("--out", required=True, metavar="INDEX", help="index folder")
     add_model_options(parser)
-    parser.add_argument("--batch-size", type=positive_int, default=8, metavar="B", help="videos per forward pass (default: %(default)s)")
-    parser.add_argument("--num-frames", type=positive_int, default=None, metavar="T", help="frames per video (default: the model's)")
-    parser.add_argument("--overwrite", action="store_true", help="start a new index even if one exists (another model, frames)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, metavar="B",
+                        help="videos per forward pass (default: %(default)s)")
+    parser.add_argument("--num-frames", type=positive_int, default=None, metavar="T",
+                        help="frames per video (default: the model's)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new index even if one exists (another model, frames)")
     parser.add_argument("--no-overlap", action="store_true", help="decode in the main thread")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -48,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
                          progress=not args.no_progress, stats=stats)
     report_problems(report.bad)
     rate = f", {stats.steady_videos_per_second:.2f} videos/s after loading the model" if report.added else ""
-    out(f"indexed {report.added} new video(s) ({report.skipped} already indexed, {len(report.bad) + len(problems)} failed) "
-         f"in {report.seconds:.1f} s{rate}; {report.path} holds {report.total}")
+    failed = len(report.bad) + len(problems)
+    out(f"indexed {report.added} new video(s) ({report.skipped} already indexed, {failed} failed) "
+        f"in {report.seconds:.1f} s{rate}; {report.path} holds {report.total}")
     return EXIT_SOME_FAILED if report.bad or problems else 0

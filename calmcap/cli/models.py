@@ -9,7 +9,8 @@ from calmcap.cli.output import out
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("models", help="list the model architectures calmcap ships", add_arguments=_arguments)
+    parser = subparsers.add_parser("models", help="list the model architectures calmcap ships",
+                                   add_arguments=_arguments)
     parser.set_defaults(run=run)
     return parser
 
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         header += ["params (M)", "anchor branch (M)"]
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     for row in [header] + rows:
-        out("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        out("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     return 0
 
 

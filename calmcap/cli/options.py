@@ -29,7 +29,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_decoding_options(parser: argparse.ArgumentParser, sampling: bool = True) -> None:
-    """The beam-search settings (unset: the checkpoint's, else the built-in) and, with ``sampling``, nucleus sampling."""
+    """The beam-search settings (unset: the checkpoint's, else the built-in) and, with ``sampling``,
+    nucleus sampling."""
     from calmcap.config import DecodeOptions
 
     builtin = DecodeOptions()
@@ -57,7 +58,7 @@ def add_decoding_options(parser: argparse.ArgumentParser, sampling: bool = True)
                            help="keep the N best beams (or N samples) per video (default: %(default)s)")
 
 
-def caption_options(args: argparse.Namespace) -> "CaptionOptions":
+def caption_options(args: argparse.Namespace) -> CaptionOptions:
     """The decoding options of a parsed command line, checked as far as they go without the checkpoint."""
     from calmcap.pipeline import CaptionOptions
 

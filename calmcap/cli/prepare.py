@@ -1,4 +1,5 @@
-"""``calmcap prepare DATASET``: convert a benchmark's annotation files into a manifest (:mod:`calmcap.data.converters`)."""
+"""``calmcap prepare DATASET``: convert a benchmark's annotation files into a manifest
+(:mod:`calmcap.data.converters`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``calmcap score``: caption metrics of any system's predictions against references (:func:`calmcap.pipeline.score_captions`)."""
+"""``calmcap score``: caption metrics of any system's predictions against references
+(:func:`calmcap.pipeline.score_captions`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "score", help="caption metrics of any system's predictions against references", add_arguments=_arguments,
         description="BLEU-1..4, METEOR, ROUGE-L and CIDEr (x100, pycocoevalcap) of predictions against references.",
-        epilog="examples:\n  calmcap score --predictions reports/synth/predictions.json --references data/synth --split test\n"
+        epilog="examples:\n"
+               "  calmcap score --predictions reports/synth/predictions.json --references data/synth --split test\n"
                "  calmcap score --predictions preds.json --references captions_val2014.json --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

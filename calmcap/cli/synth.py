@@ -23,27 +23,34 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("out_dir", help="output folder (manifest.jsonl, videos/, concepts.txt, benchmark.json)")
     parser.add_argument("--corpus", choices=("benchmark", "pretrain"), default="benchmark",
-                        help="benchmark: the train/val/test/test_ood/test_ood_visual/test_ood_text splits (default); pretrain: the pretraining "
-                             "corpus of the same world (splits pretrain, pretrain_val; docs/BENCHMARK_SYNTH.md)")
+                        help="benchmark: the train/val/test/test_ood/test_ood_visual/test_ood_text splits (default); "
+                             "pretrain: the pretraining corpus of the same world "
+                             "(splits pretrain, pretrain_val; docs/BENCHMARK_SYNTH.md)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--num-train", type=int, default=synth.DEFAULT_NUM_TRAIN, help="train videos (default: %(default)s)")
+    parser.add_argument("--num-train", type=int, default=synth.DEFAULT_NUM_TRAIN,
+                        help="train videos (default: %(default)s)")
     parser.add_argument("--num-videos", type=int, default=pretrain_corpus.DEFAULT_NUM_VIDEOS,
                         help="--corpus pretrain: pretraining videos (default: %(default)s)")
     parser.add_argument("--num-val", type=int, default=None,
-                        help=f"val videos (default: {synth.DEFAULT_NUM_VAL}; {pretrain_corpus.DEFAULT_NUM_VAL} for --corpus pretrain)")
-    parser.add_argument("--num-test", type=int, default=synth.DEFAULT_NUM_TEST, help="in-domain test videos (default: %(default)s)")
+                        help=f"val videos (default: {synth.DEFAULT_NUM_VAL}; "
+                             f"{pretrain_corpus.DEFAULT_NUM_VAL} for --corpus pretrain)")
+    parser.add_argument("--num-test", type=int, default=synth.DEFAULT_NUM_TEST,
+                        help="in-domain test videos (default: %(default)s)")
     parser.add_argument("--num-test-ood", type=int, default=synth.DEFAULT_NUM_TEST_OOD,
                         help="out-of-domain test videos (default: %(default)s)")
     parser.add_argument("--num-test-ood-visual", type=int, default=synth.DEFAULT_NUM_TEST_OOD_VISUAL,
                         help="test videos with domain B rendering and domain A wording (default: %(default)s)")
     parser.add_argument("--num-test-ood-text", type=int, default=synth.DEFAULT_NUM_TEST_OOD_TEXT,
                         help="test videos with domain A rendering and domain B wording (default: %(default)s)")
-    parser.add_argument("--num-frames", type=int, default=synth.DEFAULT_NUM_FRAMES, help="frames per video (default: %(default)s)")
+    parser.add_argument("--num-frames", type=int, default=synth.DEFAULT_NUM_FRAMES,
+                        help="frames per video (default: %(default)s)")
     parser.add_argument("--fps", type=float, default=synth.DEFAULT_FPS, help="frame rate (default: %(default)s)")
-    parser.add_argument("--size", type=int, default=synth.DEFAULT_SIZE, help="frame side in pixels (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=synth.DEFAULT_SIZE,
+                        help="frame side in pixels (default: %(default)s)")
     parser.add_argument("--captions-per-video", type=int, default=synth.CAPTIONS_PER_VIDEO,
                         help="paraphrases per video (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes; 0 renders in this process (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="worker processes; 0 renders in this process (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace a benchmark already in OUT_DIR")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -27,8 +27,12 @@ from typing import Any
 import numpy as np
 
 from calmcap.atomic import atomic_path, atomic_write_text
-from calmcap.constants import BAD_VIDEOS_FILE, CACHE_META_FILE as META_FILE
-from calmcap.constants import FEATURES, FRAMES  # noqa: F401  (the two kinds, named here with the format)
+from calmcap.constants import (
+    BAD_VIDEOS_FILE,
+    CACHE_META_FILE as META_FILE,
+    FEATURES,  # noqa: F401  (the two kinds, named here with the format)
+    FRAMES,  # noqa: F401
+)
 from calmcap.errors import CalmcapError
 
 # Bumped when the meaning of a cached file changes; every cache's metadata records it.
@@ -37,7 +41,8 @@ CACHE_FORMAT_VERSION = 1
 
 @dataclass
 class CacheReport:
-    """Outcome of a caching pass (:func:`calmcap.data.frame_cache.cache_frames`, :func:`calmcap.data.feature_cache.cache_features`).
+    """Outcome of a caching pass (:func:`calmcap.data.frame_cache.cache_frames`,
+    :func:`calmcap.data.feature_cache.cache_features`).
 
     ``num_written`` files were written by this run, ``num_skipped`` existed already; ``bad``
     lists ``{"video_id", "video", "reason"}`` for the videos that could not be cached.

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -126,13 +127,15 @@ class VideoCaptionDataset(Dataset):
             if path.is_file():
                 features = load_array(path)
                 idx, mask = self._sample(len(features), rng)
-                return {"frame_features": torch.from_numpy(features[idx].astype(np.float32)), "video_mask": torch.from_numpy(mask)}
+                return {"frame_features": torch.from_numpy(features[idx].astype(np.float32)),
+                        "video_mask": torch.from_numpy(mask)}
         if src.frame_cache:
             path = cache_file(src.frame_cache, FRAMES, entry.video_id)
             if path.is_file():
                 frames = load_array(path, mmap=True)
                 idx, mask = self._sample(len(frames), rng)
-                return {"video": self._transform(np.ascontiguousarray(frames[idx]), rng), "video_mask": torch.from_numpy(mask)}
+                return {"video": self._transform(np.ascontiguousarray(frames[idx]), rng),
+                        "video_mask": torch.from_numpy(mask)}
         frames, mask = read_frames(
             resolve_video_path(self.manifest, entry),
             self.num_frames,
@@ -157,7 +160,8 @@ class VideoCaptionDataset(Dataset):
             caption_index = int(rng.integers(len(entry.captions)))
         item = self.load_video(video_index, rng)
         if not torch.isfinite(item.get("video", item.get("frame_features"))).all():
-            raise VideoDecodeError(str(resolve_video_path(self.manifest, entry)), "decoded frames contain NaN or infinite values")
+            raise VideoDecodeError(str(resolve_video_path(self.manifest, entry)),
+                                   "decoded frames contain NaN or infinite values")
         item.update(
             video_index=video_index,
             item_index=index,
@@ -196,7 +200,8 @@ class VideoCaptionDataset(Dataset):
                     item["bad_videos"] = [str(error)]
                     return item
                 bad.append(str(error))
-        raise CalmcapError(f"{MAX_SKIPS} unreadable videos in a row (last: {bad[-1]}); check the manifest with `calmcap check`")
+        raise CalmcapError(f"{MAX_SKIPS} unreadable videos in a row (last: {bad[-1]}); "
+                           "check the manifest with `calmcap check`")
 
 
 class Collator:

@@ -21,8 +21,9 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -51,13 +52,13 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 
-def _image_tower(model: "nn.Module") -> "nn.Module":
+def _image_tower(model: nn.Module) -> nn.Module:
     clip = getattr(model, "clip", None)
     visual = getattr(clip, "visual", None)
     return visual if visual is not None else model
 
 
-def tower_fingerprint(model: "nn.Module") -> str:
+def tower_fingerprint(model: nn.Module) -> str:
     """``"sha256:<hex>"`` of the image tower's weights (``model.clip.visual``, else ``model``).
 
     Names, dtypes, shapes and bytes of every tensor of the state dict enter the hash, so a
@@ -75,7 +76,7 @@ def tower_fingerprint(model: "nn.Module") -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def _tower_description(model: "nn.Module") -> dict[str, Any]:
+def _tower_description(model: nn.Module) -> dict[str, Any]:
     config = getattr(model, "config", None)
     clip_config = getattr(config, "clip", None)
     return {
@@ -86,7 +87,7 @@ def _tower_description(model: "nn.Module") -> dict[str, Any]:
     }
 
 
-def check_feature_cache(cache_dir: str | os.PathLike, model: "nn.Module") -> dict[str, Any]:
+def check_feature_cache(cache_dir: str | os.PathLike, model: nn.Module) -> dict[str, Any]:
     """Verify that a features cache was made by ``model``'s image tower; returns its metadata.
 
     Raises:
@@ -106,7 +107,8 @@ def check_feature_cache(cache_dir: str | os.PathLike, model: "nn.Module") -> dic
         )
     image_size = getattr(getattr(model, "config", None), "image_size", None)
     if image_size is not None and meta.get("image_size") != image_size:
-        raise CalmcapError(f"{Path(cache_dir) / FEATURES}: features at image_size {meta.get('image_size')}, model wants {image_size}")
+        raise CalmcapError(f"{Path(cache_dir) / FEATURES}: features at image_size {meta.get('image_size')}, "
+                           f"model wants {image_size}")
     return meta
 
 
@@ -204,7 +206,8 @@ def cache_features(
     if frame_meta is not None and not use_frame_cache:
         logger.warning("%s holds frames at image_size %s, not the model's %d; decoding videos instead",
                        cache_dir / FRAMES, frame_meta.get("image_size"), image_size)
-    if use_frame_cache and frame_meta is not None and max_frames is not None and frame_meta.get("max_frames") != max_frames:
+    if (use_frame_cache and frame_meta is not None and max_frames is not None
+            and frame_meta.get("max_frames") != max_frames):
         logger.warning("%s holds up to %s frames per clip, not max_frames=%d; decoding videos instead",
                        cache_dir / FRAMES, frame_meta.get("max_frames"), max_frames)
         use_frame_cache = False
@@ -271,7 +274,8 @@ def cache_features(
         embed_dim = int(features.shape[-1])
         offset = 0
         for entry, clip in queue:
-            save_array(cache_file(cache_dir, FEATURES, entry.video_id), features[offset:offset + len(clip)].astype(np_dtype))
+            save_array(cache_file(cache_dir, FEATURES, entry.video_id),
+                       features[offset:offset + len(clip)].astype(np_dtype))
             offset += len(clip)
             num_written += 1
         bar.update(len(queue))
@@ -298,8 +302,8 @@ def cache_features(
     bad_list = [bad[e.video_id] for e in entries if e.video_id in bad]
     write_jsonl(cache_dir / FEATURES / BAD_VIDEOS_FILE, bad_list)
     if embed_dim is None and num_skipped:
-        embed_dim = int(load_array(cache_file(cache_dir, FEATURES, next(
-            e.video_id for e in entries if cache_file(cache_dir, FEATURES, e.video_id).is_file())), mmap=True).shape[-1])
+        first = next(e.video_id for e in entries if cache_file(cache_dir, FEATURES, e.video_id).is_file())
+        embed_dim = int(load_array(cache_file(cache_dir, FEATURES, first), mmap=True).shape[-1])
     meta.update(complete=True, count=num_written + num_skipped, num_bad=len(bad_list), embed_dim=embed_dim)
     write_cache_meta(cache_dir, FEATURES, meta)
     seconds = time.perf_counter() - started
@@ -312,8 +316,8 @@ def load_feature_model(name_or_checkpoint: str, device: str = "cpu") -> Any:
     """A model for :func:`cache_features` from a checkpoint directory or a registered name.
 
     A directory loads with :meth:`CALMModel.from_pretrained`. A name builds only its CLIP image
-    tower (:class:`~calmcap.models.image_tower.ImageTower`); names whose tower has no pretrained weights are refused (see
-    the module docstring).
+    tower (:class:`~calmcap.models.image_tower.ImageTower`); names whose tower has no pretrained
+    weights are refused (see the module docstring).
     """
     path = Path(name_or_checkpoint)
     if path.is_dir():

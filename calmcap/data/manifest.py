@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from calmcap.atomic import atomic_path
 from calmcap.constants import MANIFEST_FILE
@@ -91,7 +92,8 @@ def parse_entry(obj: Any, path: str | os.PathLike = "<manifest>", line: int = 0)
         and bounds["end_seconds"] is not None
         and bounds["end_seconds"] <= bounds["start_seconds"]
     ):
-        raise _fail(path, line, f"'end_seconds' ({bounds['end_seconds']}) must be after 'start_seconds' ({bounds['start_seconds']})")
+        raise _fail(path, line, f"'end_seconds' ({bounds['end_seconds']}) must be after "
+                                f"'start_seconds' ({bounds['start_seconds']})")
     extra = obj.get("extra", {})
     if not isinstance(extra, dict):
         raise _fail(path, line, f"field 'extra' must be an object, got {type(extra).__name__}")
@@ -128,7 +130,8 @@ def iter_manifest(path: str | os.PathLike) -> Iterator[ManifestEntry]:
                 raise _fail(path, line_number, f"malformed JSON ({error.msg} at column {error.colno})") from None
             entry = parse_entry(obj, path, line_number)
             if entry.video_id in seen:
-                raise _fail(path, line_number, f"duplicate video_id {entry.video_id!r} (first on line {seen[entry.video_id]})")
+                raise _fail(path, line_number,
+                            f"duplicate video_id {entry.video_id!r} (first on line {seen[entry.video_id]})")
             seen[entry.video_id] = line_number
             yield entry
 

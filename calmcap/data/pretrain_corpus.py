@@ -34,8 +34,9 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -278,7 +279,9 @@ def _alt_text(rng: np.random.Generator, scene: dict[str, Any]) -> tuple[str, lis
     return phrase.strip(), chosen
 
 
-def make_captions(rng: np.random.Generator, scene: dict[str, Any], count: int) -> tuple[list[str], list[str], list[list[str]]]:
+def make_captions(
+    rng: np.random.Generator, scene: dict[str, Any], count: int
+) -> tuple[list[str], list[str], list[list[str]]]:
     """``count`` distinct captions of mixed kinds: (captions, kinds, mentioned attributes)."""
     kinds = tuple(CAPTION_KIND_WEIGHTS)
     weights = np.asarray([CAPTION_KIND_WEIGHTS[k] for k in kinds])

@@ -35,10 +35,11 @@ import shutil
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -370,7 +371,9 @@ def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return _inside_polygon(u, v, _POLYGONS[shape])
 
 
-def _coverage(shape: str, cx: float, cy: float, radius: float, angle: float, size: int) -> tuple[slice, slice, np.ndarray] | None:
+def _coverage(
+    shape: str, cx: float, cy: float, radius: float, angle: float, size: int
+) -> tuple[slice, slice, np.ndarray] | None:
     """Anti-aliased coverage in [0, 1] of one shape, restricted to its bounding box.
 
     Returns ``(rows, cols, alpha)`` with ``alpha: [h, w] float32`` for ``image[rows, cols]``, or
@@ -899,7 +902,8 @@ def generate_benchmark(
             "num_captions": sum(len(e.captions) for e in split_entries),
             "unique_caption_attributes": figures.pop("unique_caption_attributes", 0),
             "chance": {k.removeprefix("chance/"): round(v, 6) for k, v in figures.items() if k.startswith("chance/")},
-            "ceiling": {k.removeprefix("ceiling/"): round(v, 6) for k, v in figures.items() if k.startswith("ceiling/")},
+            "ceiling": {k.removeprefix("ceiling/"): round(v, 6)
+                        for k, v in figures.items() if k.startswith("ceiling/")},
         }
     # No timings or worker counts here: the file must be the same for the same seed and sizes.
     info = {

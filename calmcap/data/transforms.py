@@ -17,7 +17,8 @@ torch is imported inside the functions, so importing this module stays cheap.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -41,7 +42,7 @@ ResizeMode = Literal["shortest", "squash"]
 DEFAULT_TRAIN_SCALE: tuple[float, float] = (0.9, 1.0)
 
 
-def to_video_tensor(frames: "np.ndarray | torch.Tensor") -> "torch.Tensor":
+def to_video_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 ``[T, H, W, 3]`` (numpy or torch) -> uint8 ``[T, 3, H, W]`` in channels-last memory.
 
     Channels-last is a view of the input's memory (no copy), and it is the layout torch's fast
@@ -103,7 +104,7 @@ class Resize:
             return _shortest_side_size(height, width, self.size)
         return (self.size, self.size) if isinstance(self.size, int) else tuple(self.size)  # type: ignore[return-value]
 
-    def __call__(self, video: "torch.Tensor") -> "torch.Tensor":
+    def __call__(self, video: torch.Tensor) -> torch.Tensor:
         """``video``: ``[T, 3, H, W]`` uint8 or float -> ``[T, 3, h, w]``, same dtype."""
         return _resize(video, self.output_size(*video.shape[-2:]), self.interpolation, self.antialias)
 
@@ -114,7 +115,7 @@ class Resize:
         )
 
 
-def _resize(video: "torch.Tensor", size: tuple[int, int], interpolation: str, antialias: bool) -> "torch.Tensor":
+def _resize(video: torch.Tensor, size: tuple[int, int], interpolation: str, antialias: bool) -> torch.Tensor:
     import torch
     import torch.nn.functional as F
 
@@ -130,7 +131,7 @@ def _resize(video: "torch.Tensor", size: tuple[int, int], interpolation: str, an
     return out.to(dtype)
 
 
-def center_crop(video: "torch.Tensor", size: int) -> "torch.Tensor":
+def center_crop(video: torch.Tensor, size: int) -> torch.Tensor:
     """Center ``size x size`` crop of ``[T, 3, H, W]`` (torchvision's offsets:
     ``round((H - size) / 2)``). The frame must be at least ``size`` on both sides."""
     height, width = video.shape[-2:]
@@ -145,7 +146,7 @@ def random_square_crop_box(
     height: int,
     width: int,
     scale: tuple[float, float] = DEFAULT_TRAIN_SCALE,
-    generator: "torch.Generator | None" = None,
+    generator: torch.Generator | None = None,
 ) -> tuple[int, int, int]:
     """Draw ``(top, left, side)`` of a square crop for training.
 
@@ -165,7 +166,7 @@ def random_square_crop_box(
     return top, left, side
 
 
-def _normalize(video_uint8: "torch.Tensor", mean: Sequence[float], std: Sequence[float]) -> "torch.Tensor":
+def _normalize(video_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     import torch
 
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
@@ -176,15 +177,15 @@ def _normalize(video_uint8: "torch.Tensor", mean: Sequence[float], std: Sequence
 
 
 def clip_transform(
-    frames: "np.ndarray | torch.Tensor",
+    frames: np.ndarray | torch.Tensor,
     image_size: int,
     mean: Sequence[float] = OPENAI_DATASET_MEAN,
     std: Sequence[float] = OPENAI_DATASET_STD,
     train: bool = False,
-    generator: "torch.Generator | None" = None,
+    generator: torch.Generator | None = None,
     interpolation: Interpolation = "bicubic",
     train_scale: tuple[float, float] = DEFAULT_TRAIN_SCALE,
-) -> "torch.Tensor":
+) -> torch.Tensor:
     """CLIP preprocessing of a clip: uint8 ``[T, H, W, 3]`` -> float32 ``[T, 3, S, S]``.
 
     ``train=False`` (evaluation) reproduces open_clip's ``image_transform(S, is_train=False)``
@@ -248,7 +249,7 @@ class ClipTransform:
         self.interpolation = interpolation
         self.train_scale = train_scale
 
-    def __call__(self, frames: "np.ndarray | torch.Tensor", generator: "torch.Generator | None" = None) -> "torch.Tensor":
+    def __call__(self, frames: np.ndarray | torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return clip_transform(
             frames, self.image_size, self.mean, self.std, self.train, generator, self.interpolation, self.train_scale
         )
@@ -260,7 +261,9 @@ class ClipTransform:
         )
 
 
-def denormalize(video: "torch.Tensor", mean: Sequence[float] = OPENAI_DATASET_MEAN, std: Sequence[float] = OPENAI_DATASET_STD) -> "torch.Tensor":
+def denormalize(
+    video: torch.Tensor, mean: Sequence[float] = OPENAI_DATASET_MEAN, std: Sequence[float] = OPENAI_DATASET_STD
+) -> torch.Tensor:
     """Invert the normalisation: float ``[T, 3, S, S]`` -> uint8 ``[T, 3, S, S]`` (for looking at
     what the model sees)."""
     import torch

@@ -15,9 +15,10 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from calmcap.atomic import atomic_write_text
 from calmcap.constants import BAD_VIDEOS_FILE, CHECK_PROGRESS_FILE, CHECK_SUMMARY_FILE, MAX_FRAME_SIDE
@@ -174,14 +175,16 @@ def check_videos(
     for entry in entries:
         path = resolve_video_path(manifest, entry)
         previous = done.get(entry.video_id)
-        if previous is not None and previous.get("video") == entry.video and previous.get("fingerprint") == _fingerprint(path):
+        if (previous is not None and previous.get("video") == entry.video
+                and previous.get("fingerprint") == _fingerprint(path)):
             results[entry.video_id] = previous
             continue
         tasks.append(_CheckTask(entry.video_id, entry.video, str(path), entry.start_seconds, entry.end_seconds,
                                 num_frames, backend))
     num_resumed = len(results)
     if num_resumed:
-        logger.info("%s: %d of %d videos already checked; checking %d", progress_path, num_resumed, len(entries), len(tasks))
+        logger.info("%s: %d of %d videos already checked; checking %d", progress_path, num_resumed, len(entries),
+                    len(tasks))
 
     bar = progress_bar(len(tasks), "check", progress)
     num_bad_now = sum(1 for r in results.values() if r.get("status") == "bad")
@@ -234,7 +237,8 @@ def _finish_check(
     write_jsonl(out_dir / BAD_VIDEOS_FILE, bad)
     resolutions = Counter(f"{r['width']}x{r['height']}" for r in good if "width" in r)
     frame_rates = Counter(f"{r['fps']:g}" for r in good if "fps" in r)
-    warnings = [{"video_id": r["video_id"], "video": r["video"], "warning": r["warning"]} for r in good if r.get("warning")]
+    warnings = [{"video_id": r["video_id"], "video": r["video"], "warning": r["warning"]}
+                for r in good if r.get("warning")]
     summary = {
         "manifest": str(Path(manifest).resolve()),
         "splits": split_names(splits),

@@ -14,7 +14,8 @@ import multiprocessing
 import os
 import sys
 from collections import deque
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ class distribution of a feature ``x`` is ``softmax(tau * cos(x, a))``.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -8,8 +8,9 @@ captions. Losses and distributed gathers live outside the model (``calmcap.losse
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +83,7 @@ class CALMModel(nn.Module):
         config: ModelConfig,
         tokenizer: CaptionTokenizer | None = None,
         labels: Sequence[str] | None = None,
-    ) -> "CALMModel":
+    ) -> CALMModel:
         """A new model: CLIP weights per ``config.clip.pretrained``, anchor prompts encoded once.
 
         ``labels`` default to ``config.anchors``' label set; ``tokenizer`` sets the decoder's
@@ -102,7 +103,7 @@ class CALMModel(nn.Module):
         return model
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "CALMModel":
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> CALMModel:
         """Load a checkpoint directory (``config.json`` + ``model.safetensors`` + tokenizer + anchors)."""
         from calmcap.checkpoint import load_pretrained
 

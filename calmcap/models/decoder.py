@@ -72,7 +72,8 @@ class CaptionDecoder(nn.Module):
             tokens.append(self.latent_proj(latent).view(batch, self.num_latent_tokens, -1))
             masks.append(torch.ones(batch, self.num_latent_tokens, dtype=torch.long, device=frame_mask.device))
         memory = torch.cat(tokens, dim=1)
-        positions = torch.cat([self.memory_pos[:num_frames], self.memory_pos[self.memory_pos.shape[0] - self.num_latent_tokens :]])
+        latent_positions = self.memory_pos[self.memory_pos.shape[0] - self.num_latent_tokens :]
+        positions = torch.cat([self.memory_pos[:num_frames], latent_positions])
         memory = self.memory_norm(memory + positions.to(memory.dtype))
         return memory, torch.cat(masks, dim=1)
 

@@ -133,7 +133,8 @@ def build_clip(config: ClipConfig, image_size: int, meta: bool = False) -> nn.Mo
         return open_clip.create_model(config.arch, pretrained=str(local), weights_only=True)
     tags = open_clip.list_pretrained_tags_by_model(config.arch)
     if pretrained not in tags:
-        raise ConfigError(f"clip.pretrained: {config.arch!r} has no pretrained tag {pretrained!r}; known: {', '.join(tags)}")
+        raise ConfigError(f"clip.pretrained: {config.arch!r} has no pretrained tag {pretrained!r}; "
+                          f"known: {', '.join(tags)}")
     try:
         return open_clip.create_model(config.arch, pretrained=pretrained, weights_only=True)
     except RuntimeError as error:
@@ -160,7 +161,7 @@ def _clip_from_safetensors(arch: str, path: Path) -> nn.Module:
     return model
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def clip_text_tokenizer(arch: str):
     """open_clip's tokenizer for ``arch`` (texts -> LongTensor [B, context_length]); built once."""
     return _open_clip().get_tokenizer(arch)

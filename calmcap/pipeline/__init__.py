@@ -8,7 +8,8 @@ be done from Python with the same defaults::
     calmcap.caption_videos(["a.mp4", "b.mp4"], model=model)                   # -> [CaptionResult]
     calmcap.evaluate_checkpoint("runs/m", [("data/synth", ["test", "test_ood"])], out="reports/m")
     calmcap.score_captions("predictions.json", "annotations.json")
-    calmcap.build_index(videos, "index/", model="runs/m"); calmcap.search_index("index/", "a red circle", model="runs/m")
+    calmcap.build_index(videos, "index/", model="runs/m")
+    calmcap.search_index("index/", "a red circle", model="runs/m")
     calmcap.explain_video("clip.mp4", model="runs/m")
 
 ``model`` is a checkpoint directory, a :class:`LoadedModel` (what :func:`load_model` returns),

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from calmcap.config import DecodeOptions
 from calmcap.constants import MAX_FRAME_SIDE
@@ -58,7 +59,7 @@ class CaptionOptions:
         """The settings this object sets (not None)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
-    def validate(self) -> "CaptionOptions":
+    def validate(self) -> CaptionOptions:
         """Raise :class:`~calmcap.errors.ConfigError` (one line, naming the option) for impossible settings.
 
         Checks what is set; a check between settings waits until all of them are (see :meth:`resolve`).
@@ -173,7 +174,7 @@ def iter_captions(
             good = [c for c in group if c.error is None]
             captions: dict[int, CaptionResult] = {}
             if good:
-                for clip, result in zip(good, _caption_batch(loaded.model, good, decode, stats)):
+                for clip, result in zip(good, _caption_batch(loaded.model, good, decode, stats), strict=True):
                     captions[clip.index] = result
             for clip in group:
                 result = captions.get(clip.index) or CaptionResult(video=clip.path, error=clip.error)
@@ -216,7 +217,9 @@ class _torch_threads:
 DECODER_THREADS: int | None = 1
 
 
-def _caption_batch(model: "CALMModel", clips: list[DecodedClip], decode: DecodeOptions, stats: PipelineStats) -> list[CaptionResult]:
+def _caption_batch(
+    model: CALMModel, clips: list[DecodedClip], decode: DecodeOptions, stats: PipelineStats
+) -> list[CaptionResult]:
     frames, mask = encode_clips(model, clips, stats)
     start = time.perf_counter()
     device_is_cpu = frames.device.type == "cpu"
@@ -227,7 +230,8 @@ def _caption_batch(model: "CALMModel", clips: list[DecodedClip], decode: DecodeO
     scores = out["scores"].float().cpu().tolist()
     results = []
     for i, clip in enumerate(clips):
-        beams = list(zip(out["captions"][i * per_video : (i + 1) * per_video], scores[i * per_video : (i + 1) * per_video]))
+        rows = slice(i * per_video, (i + 1) * per_video)
+        beams = list(zip(out["captions"][rows], scores[rows], strict=True))
         beams.sort(key=lambda b: -b[1])  # beam search returns them sorted; samples are not
         results.append(CaptionResult(video=clip.path, caption=beams[0][0], score=float(beams[0][1]),
                                      beams=[(c, float(s)) for c, s in beams]))

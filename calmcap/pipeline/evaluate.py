@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Sequence, Union
+from typing import TYPE_CHECKING, Union
 
 from calmcap.errors import CalmcapError
 from calmcap.pipeline.caption import CaptionOptions
@@ -24,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
-DataSpec = Union[tuple[PathLike, Sequence[str]], tuple[PathLike, Sequence[str], str]]
+DataSpec = tuple[PathLike, Sequence[str]] | tuple[PathLike, Sequence[str], str]
 
 DETERMINISTIC = "evaluation decodes deterministically with one caption per video (no sampling)"
 
@@ -47,7 +48,7 @@ def evaluate_checkpoint(
     device: str = "cpu",
     progress: bool = False,
     plots: bool = True,
-) -> "BenchmarkReport":
+) -> BenchmarkReport:
     """Evaluate one checkpoint on one or several manifests/splits; optionally write the reports.
 
     ``data`` is a manifest (file or directory) with ``splits``, or a list of

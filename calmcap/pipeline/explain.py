@@ -93,9 +93,9 @@ def explain_video(
     labels = network.labels
     k = min(top_k, len(labels))
 
-    def top(dist: "torch.Tensor") -> list[tuple[str, float]]:
+    def top(dist: torch.Tensor) -> list[tuple[str, float]]:
         values, indices = dist.topk(k)
-        return [(labels[int(i)], float(v)) for v, i in zip(values.tolist(), indices.tolist())]
+        return [(labels[int(i)], float(v)) for v, i in zip(values.tolist(), indices.tolist(), strict=True)]
 
     explanation = AnchorExplanation(
         video_path=str(video), caption_text=caption, caption_source=source, num_anchors=len(labels),

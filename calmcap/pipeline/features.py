@@ -19,7 +19,9 @@ if TYPE_CHECKING:  # pragma: no cover
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def encode_clips(model: "CALMModel", clips: list[DecodedClip], stats: PipelineStats | None) -> tuple["torch.Tensor", "torch.Tensor"]:
+def encode_clips(
+    model: CALMModel, clips: list[DecodedClip], stats: PipelineStats | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Frame features [B, T, D] and mask [B, T] bool of decodable clips (image tower, timed into ``stats``)."""
     import torch
 
@@ -34,7 +36,7 @@ def encode_clips(model: "CALMModel", clips: list[DecodedClip], stats: PipelineSt
     return frames, mask.bool()
 
 
-def encode_video_file(model: "CALMModel", video: PathLike, num_frames: int | None) -> tuple["torch.Tensor", "torch.Tensor"]:
+def encode_video_file(model: CALMModel, video: PathLike, num_frames: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Frame features [1, T, D] and mask [1, T] of one video file; VideoDecodeError if unreadable."""
     frames, image_size = frame_settings(model, num_frames)
     clip = decode_clip(video, frames, image_size)

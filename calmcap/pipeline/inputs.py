@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from glob import glob, has_magic
 from pathlib import Path
-from typing import Iterable, Union
+from typing import Union
 
 from calmcap.constants import MANIFEST_FILE
 from calmcap.errors import CalmcapError
@@ -43,7 +44,8 @@ def expand_video_inputs(inputs: Iterable[PathLike]) -> tuple[list[str], list[tup
         if path.is_dir():
             found = sorted(str(p) for p in path.rglob("*") if is_video(p))
             if not found:
-                problems.append((text, f"directory holds no video files ({', '.join(sorted(VIDEO_EXTENSIONS)[:6])}, ...)"))
+                examples = ", ".join(sorted(VIDEO_EXTENSIONS)[:6])
+                problems.append((text, f"directory holds no video files ({examples}, ...)"))
             for f in found:
                 add(f)
         elif path.exists() or os.path.lexists(text):
@@ -58,7 +60,10 @@ def expand_video_inputs(inputs: Iterable[PathLike]) -> tuple[list[str], list[tup
                 elif is_video(p):
                     found.append(match)
             if not found:
-                problems.append((text, "pattern matches no video file" if not matches else f"pattern matches {len(matches)} path(s) but no video file"))
+                if not matches:
+                    problems.append((text, "pattern matches no video file"))
+                else:
+                    problems.append((text, f"pattern matches {len(matches)} path(s) but no video file"))
             for f in found:
                 add(f)
         else:
@@ -72,7 +77,8 @@ def resolve_manifest(data: PathLike) -> Path:
     if path.is_dir():
         path = path / MANIFEST_FILE
         if not path.is_file():
-            raise CalmcapError(f"{data}: directory has no manifest.jsonl (pass the manifest file, or make one with `calmcap prepare` / `calmcap synth`)")
+            raise CalmcapError(f"{data}: directory has no manifest.jsonl "
+                               "(pass the manifest file, or make one with `calmcap prepare` / `calmcap synth`)")
     elif not path.is_file():
         raise CalmcapError(f"{data}: no such manifest file or directory")
     return path

@@ -33,7 +33,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 MODEL_ENV = "CALMCAP_MODEL"
 # What the README's main job writes (recipes/configs/synth_tiny.yaml: output_dir + "/model").
 DEFAULT_MODEL_DIR = "runs/synth_tiny/model"
-TRAIN_COMMAND = "accelerate launch --num_cpu_threads_per_process 2 recipes/train_caption.py --config recipes/configs/synth_tiny.yaml"
+TRAIN_COMMAND = ("accelerate launch --num_cpu_threads_per_process 2 recipes/train_caption.py "
+                 "--config recipes/configs/synth_tiny.yaml")
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class LoadedModel:
     which :meth:`calmcap.pipeline.CaptionOptions.resolve` falls back on.
     """
 
-    model: "CALMModel"
+    model: CALMModel
     path: Path | None = None
     generation: DecodeOptions = field(default_factory=DecodeOptions)
 
@@ -86,17 +87,18 @@ def peek_frame_settings(path: Path) -> tuple[int, int] | None:
         return None
 
 
-def frame_settings(model: "CALMModel", num_frames: int | None) -> tuple[int, int]:
+def frame_settings(model: CALMModel, num_frames: int | None) -> tuple[int, int]:
     """``(num_frames, image_size)`` to decode for ``model``: its own, or fewer frames when asked."""
     limit = int(model.config.num_frames)
     if num_frames is None:
         return limit, int(model.config.image_size)
     if not 1 <= num_frames <= limit:
-        raise CalmcapError(f"num_frames must be between 1 and the model's {limit} (its decoder has {limit} frame positions), got {num_frames}")
+        raise CalmcapError(f"num_frames must be between 1 and the model's {limit} "
+                           f"(its decoder has {limit} frame positions), got {num_frames}")
     return int(num_frames), int(model.config.image_size)
 
 
-def model_device(model: "CALMModel") -> "torch.device":
+def model_device(model: CALMModel) -> torch.device:
     """The device of the model's parameters (where inputs must go)."""
     return next(model.parameters()).device
 

@@ -12,8 +12,9 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from calmcap.constants import MAX_FRAME_SIDE
 from calmcap.errors import VideoDecodeError
@@ -33,8 +34,8 @@ class DecodedClip:
 
     index: int
     path: str
-    video: "torch.Tensor | None" = None
-    mask: "torch.Tensor | None" = None
+    video: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
     error: str | None = None
     seconds: float = 0.0
 
@@ -164,7 +165,7 @@ class ClipPrefetcher:
         if self._thread is not None:
             self._thread.join(timeout=30)
 
-    def __enter__(self) -> "ClipPrefetcher":
+    def __enter__(self) -> ClipPrefetcher:
         return self
 
     def __exit__(self, *exc: Any) -> None:

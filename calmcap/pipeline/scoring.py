@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Union
 
 from calmcap.errors import CalmcapError
 from calmcap.pipeline.inputs import resolve_manifest
@@ -49,12 +50,14 @@ def load_predictions(source: PathLike | Sequence[dict[str, Any]] | dict[str, str
     if isinstance(obj, dict):
         for key, value in obj.items():
             if not isinstance(value, str):
-                raise CalmcapError(f"{name}: prediction for id {key!r} must be a caption string, got {type(value).__name__}")
+                raise CalmcapError(f"{name}: prediction for id {key!r} must be a caption string, "
+                                   f"got {type(value).__name__}")
             out[str(key)] = value
     elif isinstance(obj, list):
         for i, item in enumerate(obj):
             if not isinstance(item, dict) or "image_id" not in item or not isinstance(item.get("caption"), str):
-                raise CalmcapError(f"{name}: item {i} must be {{\"image_id\": ..., \"caption\": \"...\"}}, got {str(item)[:80]}")
+                raise CalmcapError(f"{name}: item {i} must be {{\"image_id\": ..., \"caption\": \"...\"}}, "
+                                   f"got {str(item)[:80]}")
             key = str(item["image_id"])
             if key in out:
                 raise CalmcapError(f"{name}: image_id {key!r} has more than one prediction (item {i})")
@@ -66,7 +69,9 @@ def load_predictions(source: PathLike | Sequence[dict[str, Any]] | dict[str, str
     return out
 
 
-def load_references(source: PathLike | dict[str, Any], split: str | Sequence[str] | None = None) -> dict[str, list[str]]:
+def load_references(
+    source: PathLike | dict[str, Any], split: str | Sequence[str] | None = None
+) -> dict[str, list[str]]:
     """References ``{id: [caption, ...]}``.
 
     Accepted: a calmcap manifest (``.jsonl`` file or a directory holding ``manifest.jsonl``;
@@ -79,7 +84,8 @@ def load_references(source: PathLike | dict[str, Any], split: str | Sequence[str
         entries = read_manifest(resolve_manifest(source), split)
         return {e.video_id: list(e.captions) for e in entries}
     if split:
-        raise CalmcapError("--split applies to manifest references (.jsonl or a directory); these are COCO-style annotations")
+        raise CalmcapError("--split applies to manifest references (.jsonl or a directory); "
+                           "these are COCO-style annotations")
     name = str(source) if isinstance(source, (str, os.PathLike)) else "<references>"
     obj = _load_json(source, "references") if isinstance(source, (str, os.PathLike)) else source
     items = obj.get("annotations") if isinstance(obj, dict) and "annotations" in obj else obj
@@ -87,7 +93,8 @@ def load_references(source: PathLike | dict[str, Any], split: str | Sequence[str
     if isinstance(items, list):
         for i, item in enumerate(items):
             if not isinstance(item, dict) or "image_id" not in item or not isinstance(item.get("caption"), str):
-                raise CalmcapError(f"{name}: annotation {i} must be {{\"image_id\": ..., \"caption\": \"...\"}}, got {str(item)[:80]}")
+                raise CalmcapError(f"{name}: annotation {i} must be {{\"image_id\": ..., \"caption\": \"...\"}}, "
+                                   f"got {str(item)[:80]}")
             out.setdefault(str(item["image_id"]), []).append(item["caption"])
     elif isinstance(items, dict):
         for key, value in items.items():

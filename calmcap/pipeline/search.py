@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from calmcap.errors import CalmcapError
 from calmcap.pipeline.features import encode_clips, encode_video_file
@@ -36,7 +37,7 @@ def build_index(
     progress: bool = False,
     flush_every: int = 256,
     stats: PipelineStats | None = None,
-) -> "IndexBuildReport":
+) -> IndexBuildReport:
     """Embed videos into an on-disk index (:mod:`calmcap.video_index`); resumable.
 
     Videos already in the index are skipped; the others are decoded (overlapped with the
@@ -57,7 +58,7 @@ def build_index(
     identity = model_identity(network, loaded.path)
     keys = [str(Path(v).resolve()) for v in videos]
     writer = IndexWriter(index, model=identity, embed_dim=network.embed_dim, num_frames=frames, overwrite=overwrite)
-    todo = [(k, str(v)) for k, v in zip(keys, videos) if k not in writer.done]
+    todo = [(k, str(v)) for k, v in zip(keys, videos, strict=True) if k not in writer.done]
     todo = list({k: v for k, v in todo}.items())
     report = IndexBuildReport(path=Path(index), skipped=len(keys) - len(todo))
     bar = None
@@ -66,7 +67,8 @@ def build_index(
 
         bar = tqdm(total=len(todo), desc="index", unit="video", dynamic_ncols=True)
     by_display = {display: key for key, display in todo}
-    prefetcher = ClipPrefetcher([d for _, d in todo], frames, image_size, overlap=overlap, depth=2 * batch_size, stats=stats)
+    prefetcher = ClipPrefetcher([d for _, d in todo], frames, image_size, overlap=overlap, depth=2 * batch_size,
+                                stats=stats)
     try:
         for group in clip_batches(prefetcher, batch_size):
             good = [c for c in group if c.error is None]
@@ -97,14 +99,16 @@ def build_index(
     return report
 
 
-def _check_index_model(idx: "VideoIndex", loaded: LoadedModel) -> None:
+def _check_index_model(idx: VideoIndex, loaded: LoadedModel) -> None:
     from calmcap.reports import same_model
 
     embed_dim = loaded.model.embed_dim
     if idx.embed_dim != embed_dim:
-        raise CalmcapError(f"{idx.path}: index holds {idx.embed_dim}-d embeddings but the model makes {embed_dim}-d ones; use the model that built it ({idx.model.get('path')})")
+        raise CalmcapError(f"{idx.path}: index holds {idx.embed_dim}-d embeddings but the model makes {embed_dim}-d "
+                           f"ones; use the model that built it ({idx.model.get('path')})")
     if not same_model(idx.model, loaded.model, loaded.path):
-        raise CalmcapError(f"{idx.path}: built with another model ({idx.model.get('path')}, sha256 {str(idx.model.get('sha256'))[:12]}); "
+        raise CalmcapError(f"{idx.path}: built with another model "
+                           f"({idx.model.get('path')}, sha256 {str(idx.model.get('sha256'))[:12]}); "
                            "query it with that model or rebuild the index with `calmcap index --overwrite`")
 
 
@@ -115,7 +119,7 @@ def search_index(
     *,
     top_k: int = 10,
     device: str = "cpu",
-) -> "list[SearchHit] | list[list[SearchHit]]":
+) -> list[SearchHit] | list[list[SearchHit]]:
     """Text-to-video search: the ``top_k`` indexed videos by cosine similarity to the query text.
 
     One query string gives a list of hits; a list of queries gives one list per query.

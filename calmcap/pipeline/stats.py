@@ -43,11 +43,12 @@ class PipelineStats:
 
     def summary(self) -> str:
         """One line for humans: throughput and the per-stage breakdown."""
+        decoding = f"overlapped, waited {self.decode_wait_seconds:.2f} s" if self.overlap else "inline"
         return (
             f"{self.videos} video(s) in {self.wall_seconds:.2f} s ({self.videos_per_second:.2f} videos/s"
             f"{', ' + str(self.failed) + ' failed' if self.failed else ''}); "
             f"imports {self.import_seconds:.2f} s, load {self.load_seconds:.2f} s, "
-            f"decode {self.decode_seconds:.2f} s ({'overlapped, waited ' + format(self.decode_wait_seconds, '.2f') + ' s' if self.overlap else 'inline'}), "
+            f"decode {self.decode_seconds:.2f} s ({decoding}), "
             f"image tower {self.tower_seconds:.2f} s, decoder {self.decoder_seconds:.2f} s"
         )
 

@@ -322,7 +322,9 @@ def test_dataset_with_feature_cache_yields_frame_features(frames_cache, manifest
 # ---------------------------------------------------------------------------------------------
 
 
-def test_cache_cli_with_checkpoint_and_refuses_random_tower_names(manifest: Path, tiny_model, tmp_path, capsys, monkeypatch):
+def test_cache_cli_with_checkpoint_and_refuses_random_tower_names(
+    manifest: Path, tiny_model, tmp_path, capsys, monkeypatch
+):
     checkpoint = tiny_model.save_pretrained(tmp_path / "ckpt")
     cache_dir = tmp_path / "cli_cache"
     assert main(["cache", str(manifest), "--cache-dir", str(cache_dir), "--split", "test", "--workers", "0",

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calmcap.data import pretrain_corpus as corpus
-from calmcap.data import synth
+from calmcap.data import pretrain_corpus as corpus, synth
 from calmcap.data.manifest import read_manifest, resolve_video_path
 from calmcap.errors import CalmcapError
 from calmcap.labels import load_labels
@@ -84,14 +83,14 @@ def test_wording_mixes_both_domains_synonyms(scenes):
     kinds = Counter(k for s in scenes for k in s["kinds"])
     assert set(kinds) == set(corpus.CAPTION_KIND_WEIGHTS)
     # Short alt-text captions name single concepts ("a scarlet orb", "polka dots").
-    alt = [c for s in scenes for c, k in zip(s["captions"], s["kinds"]) if k == "alt_text"]
+    alt = [c for s in scenes for c, k in zip(s["captions"], s["kinds"], strict=True) if k == "alt_text"]
     assert min(len(c.split()) for c in alt) == 1
     assert np.mean([len(c.split()) for c in alt]) < 5
 
 
 def test_captions_are_true_of_their_scene(scenes):
     for s in scenes[:200]:
-        for caption, kind in zip(s["captions"], s["kinds"]):
+        for caption, kind in zip(s["captions"], s["kinds"], strict=True):
             if kind == "label":
                 assert caption in corpus.true_labels(s)
                 continue

@@ -112,7 +112,7 @@ def test_other_seed_differs(bench, tmp_path):
 def test_captions_mention_ground_truth(entries):
     for e in entries:
         domain = synth.DOMAINS[e.extra["wording_domain"]]  # the words come from the wording domain
-        for caption, mentions in zip(e.captions, e.extra["caption_mentions"]):
+        for caption, mentions in zip(e.captions, e.extra["caption_mentions"], strict=True):
             assert caption == caption.strip().lower()
             assert _phrases_in(caption, domain.shape_words[e.extra["shape"]]), (caption, e.extra["shape"])
             assert _phrases_in(caption, domain.colour_words[e.extra["colour"]]), (caption, e.extra["colour"])
@@ -331,13 +331,14 @@ def test_refuses_to_overwrite_and_validates_arguments(bench, tmp_path):
 def test_synth_cli(tmp_path, capsys):
     from calmcap.cli import main
 
-    argv = ["synth", str(tmp_path / "b"), "--num-train", "2", "--num-val", "1", "--num-test", "2", "--num-test-ood", "2",
-            "--num-test-ood-visual", "1", "--num-test-ood-text", "3",
+    argv = ["synth", str(tmp_path / "b"), "--num-train", "2", "--num-val", "1", "--num-test", "2",
+            "--num-test-ood", "2", "--num-test-ood-visual", "1", "--num-test-ood-text", "3",
             "--num-frames", "4", "--size", "48", "--workers", "0", "--seed", "3", "--no-progress"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "wrote 11 videos" in printed
-    assert re.search(r"^test_ood_visual +B +A +1 ", printed, re.MULTILINE) and re.search(r"^test_ood_text +A +B +3 ", printed, re.MULTILINE)
+    assert re.search(r"^test_ood_visual +B +A +1 ", printed, re.MULTILINE)
+    assert re.search(r"^test_ood_text +A +B +3 ", printed, re.MULTILINE)
     assert Counter(e.split for e in read_manifest(tmp_path / "b" / "manifest.jsonl")) == {
         "train": 2, "val": 1, "test": 2, "test_ood": 2, "test_ood_visual": 1, "test_ood_text": 3}
     # --overwrite replaces the videos of an earlier run.

@@ -60,7 +60,8 @@ def test_eval_path_matches_open_clip_frame_by_frame(open_clip_module, height, wi
     assert ours.dtype == torch.float32 and ours.is_contiguous()
     diff = (ours - reference).abs()
     with capsys.disabled():
-        print(f"\n  {height}x{width} -> {image_size}: max |ours - open_clip| = {diff.max():.4f}, mean = {diff.mean():.2e}")
+        print(f"\n  {height}x{width} -> {image_size}: max |ours - open_clip| = {diff.max():.4f}, "
+              f"mean = {diff.mean():.2e}")
     assert diff.max().item() <= max_diff
     assert (diff > ONE_STEP / 2).float().mean().item() < 0.01  # over 99% of values are identical
 
@@ -146,7 +147,8 @@ def test_normalisation_round_trips():
     normalised = clip_transform(clip, 32)  # no resize, no crop
     assert torch.equal(denormalize(normalised), torch.from_numpy(clip).permute(0, 3, 1, 2))
     per_channel = normalised.mean(dim=(0, 2, 3))
-    expected = (torch.from_numpy(clip).float().mean(dim=(0, 1, 2)) / 255 - torch.tensor(T.OPENAI_DATASET_MEAN)) / torch.tensor(T.OPENAI_DATASET_STD)
+    raw_mean = torch.from_numpy(clip).float().mean(dim=(0, 1, 2)) / 255
+    expected = (raw_mean - torch.tensor(T.OPENAI_DATASET_MEAN)) / torch.tensor(T.OPENAI_DATASET_STD)
     torch.testing.assert_close(per_channel, expected, rtol=1e-4, atol=1e-4)
 
 

@@ -28,7 +28,8 @@ def _copy(path, tmp_path):
 
 def test_round_trip_gives_identical_outputs(saved, tiny_batch):
     model, path = saved
-    assert sorted(p.name for p in path.iterdir()) == ["anchors.txt", "config.json", "model.safetensors", "tokenizer.model"]
+    assert sorted(p.name for p in path.iterdir()) == [
+        "anchors.txt", "config.json", "model.safetensors", "tokenizer.model"]
     loaded = CALMModel.from_pretrained(path)
     assert loaded.config == model.config and loaded.labels == model.labels
     assert not loaded.training
@@ -185,7 +186,8 @@ def test_generation_settings_round_trip_and_old_checkpoints_still_read(make_mode
     assert json.loads((written / CONFIG_FILE).read_text())["generation"]["max_length"] == 7
     # A checkpoint written before the sampling settings joined holds the beam settings only.
     meta = json.loads((written / CONFIG_FILE).read_text())
-    meta["generation"] = {"num_beams": 4, "max_length": 40, "min_length": 0, "length_penalty": 1, "no_repeat_ngram_size": 0}
+    meta["generation"] = {"num_beams": 4, "max_length": 40, "min_length": 0, "length_penalty": 1,
+                          "no_repeat_ngram_size": 0}
     (written / CONFIG_FILE).write_text(json.dumps(meta))
     assert read_generation(written) == DecodeOptions(num_beams=4, max_length=40)
     CALMModel.from_pretrained(written)

@@ -1,11 +1,10 @@
 import pytest
 import torch
 
-from calmcap.config import get_model_config
+from calmcap.config import FusionConfig, get_model_config
 from calmcap.losses import CALMLoss
 from calmcap.models.calm import CALMModel
 from calmcap.models.encoders import TemporalFusion
-from calmcap.config import FusionConfig
 
 VARIANTS = [
     ["alignment.variant=vae"],
@@ -52,7 +51,8 @@ def test_every_trainable_parameter_gets_a_gradient(make_model, tiny_batch, overr
     out = model(tiny_batch)
     terms = CALMLoss(variant=model.variant)(out)
     terms["loss"].backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    missing = [n for n, p in model.named_parameters()
+               if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
     # Token rows of words absent from the batch legitimately get zero gradient, but the
     # embedding matrix itself must receive one (checked by the sum over the whole tensor).
     assert missing == []
@@ -99,7 +99,8 @@ def test_fusion_transformer_is_order_aware():
 def test_anchor_prompts_are_encoded_once_into_a_buffer(make_model):
     model = make_model()
     bank = model.anchor_bank
-    assert "prompt_embeds" in dict(model.named_buffers(prefix="")).keys() or "anchor_bank.prompt_embeds" in dict(model.named_buffers())
+    assert ("prompt_embeds" in dict(model.named_buffers(prefix="")).keys()
+            or "anchor_bank.prompt_embeds" in dict(model.named_buffers()))
     assert torch.allclose(bank.prompt_embeds.norm(dim=-1), torch.ones(55), atol=1e-5)
     expected = model.encode_text([f"The content of {model.labels[0]}"])[0]
     assert torch.allclose(bank.prompt_embeds[0], expected, atol=1e-5)

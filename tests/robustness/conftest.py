@@ -66,8 +66,8 @@ class VideoZoo(dict):
 
 
 def _ffmpeg(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([video_lib.ffmpeg_executable(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *args],
-                          capture_output=True, text=True, timeout=60)
+    command = [video_lib.ffmpeg_executable(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
 
 
 def _moving_square(num_frames: int, height: int = 48, width: int = 64, seed: int = 0) -> np.ndarray:
@@ -160,7 +160,8 @@ def video_zoo(tmp_path_factory: pytest.TempPathFactory) -> VideoZoo:
                   "an mp4 whose H.264 stream holds no frame (ffmpeg -frames:v 0 -movflags empty_moov)"),
         VideoCase("one_frame", good_dir / "one_frame.mp4", None, "a one-frame H.264 mp4"),
         VideoCase("huge", good_dir / "huge_8k.mp4", None, f"{HUGE_WIDTH}x{HUGE_HEIGHT}, 2 frames"),
-        VideoCase("non_ascii", good_dir / NON_ASCII_NAME, None, "a good video whose name has spaces and non-ASCII characters"),
+        VideoCase("non_ascii", good_dir / NON_ASCII_NAME, None,
+                  "a good video whose name has spaces and non-ASCII characters"),
         VideoCase("av1", good_dir / "av1.mp4", None, "AV1 (decord cannot decode it; PyAV can)"),
     ]
     return VideoZoo(root, cases)

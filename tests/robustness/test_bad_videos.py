@@ -142,7 +142,7 @@ def test_caption_batch_names_each_bad_file_once_and_captions_the_rest(model_dir,
     good = [str(c.path) for c in video_zoo.good]
     # Good and bad interleaved: synth0, missing, one_frame, directory, huge, ..., synth1, audio_only, zero_frames
     args = [synth[0]]
-    for bad_one, good_one in zip(bad, good + [synth[1]] + [None] * len(bad)):
+    for bad_one, good_one in zip(bad, good + [synth[1]] + [None] * len(bad), strict=False):
         args += [bad_one] + ([good_one] if good_one else [])
     assert sorted(args) == sorted(synth + bad + good)
     code = main(["caption", *args, "--model", model_dir, *FAST_DECODING, "--batch-size", "3"])
@@ -157,7 +157,8 @@ def test_caption_batch_names_each_bad_file_once_and_captions_the_rest(model_dir,
         (line,) = _lines_naming(captured.err, case)
         assert case.reason_as_argument in line, line
     assert len(err) == len(bad) + 1  # one line per bad video and the summary
-    assert err[-1].startswith(f"captioned {len(expected_good)} of {len(args)} videos") and f"{len(bad)} failed" in err[-1]
+    assert err[-1].startswith(f"captioned {len(expected_good)} of {len(args)} videos")
+    assert f"{len(bad)} failed" in err[-1]
     assert "Traceback" not in captured.err
 
 
@@ -233,7 +234,8 @@ def test_evaluate_skips_counts_and_lists_bad_videos(model_dir, synth_small, vide
     only_bad = tmp_path / "only_bad.jsonl"
     only_bad.write_text("".join(line for line in manifest.read_text(encoding="utf-8").splitlines(keepends=True)
                                 if any(f'"zoo_{name}"' in line for name in BAD)), encoding="utf-8")
-    code = main(["evaluate", "--model", model_dir, "--data", str(only_bad), "--split", "test", "--out", str(tmp_path / "none"),
+    code = main(["evaluate", "--model", model_dir, "--data", str(only_bad), "--split", "test",
+                 "--out", str(tmp_path / "none"),
                  "--num-workers", "0", "--no-java", "--no-plots", "--no-progress", *FAST_DECODING])
     assert code == 2
     (line,) = capsys.readouterr().err.splitlines()
@@ -275,7 +277,7 @@ def test_check_lists_exactly_the_bad_videos_with_reasons(synth_small, video_zoo,
     assert f"good: {3 + len(GOOD)}  bad: {len(BAD)}" in printed
     listed = [json.loads(line) for line in (out / "bad_videos.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [item["video_id"] for item in listed] == [f"zoo_{name}" for name in BAD]  # manifest order
-    for item, case in zip(listed, video_zoo.bad):
+    for item, case in zip(listed, video_zoo.bad, strict=True):
         assert case.reason in item["reason"], item
         assert f"zoo_{case.name}  {case.path}: {item['reason']}" in printed
 
@@ -319,8 +321,8 @@ def test_training_skips_bad_videos_and_writes_them_down(synth_small, video_zoo, 
     manifest = _manifest(tmp_path / "train_with_bad.jsonl", synth_small, video_zoo, "train", {"train": 13, "val": 7})
     out = tmp_path / "run"
     settings = {"optim.max_steps": 3, "eval.every_steps": 0, "eval.at_end": "false", "checkpoint.every_steps": 0}
-    result = subprocess.run(_launch_args(1) + [str(RECIPE), "--config", str(CONFIG)] + _overrides(manifest, out, **settings),
-                            env=_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
+    command = _launch_args(1) + [str(RECIPE), "--config", str(CONFIG)] + _overrides(manifest, out, **settings)
+    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "step skipped" not in result.stderr and "Traceback" not in result.stderr
     train = _records(out, "train")
@@ -344,9 +346,11 @@ def test_training_data_gives_up_after_a_run_of_unreadable_videos(video_zoo, tmp_
     # A manifest whose videos are all gone (a wrong --videos folder): skipping would spin forever.
     folder = video_zoo["missing"].path.parent
     manifest = tmp_path / "all_gone.jsonl"
-    manifest.write_text("".join(json.dumps({"video_id": f"v{i}", "video": str(folder / f"gone_{i}.mp4"), "captions": ["x"],
-                                            "split": "train"}) + "\n" for i in range(MAX_SKIPS + 5)), encoding="utf-8")
+    entries = [{"video_id": f"v{i}", "video": str(folder / f"gone_{i}.mp4"), "captions": ["x"], "split": "train"}
+               for i in range(MAX_SKIPS + 5)]
+    manifest.write_text("".join(json.dumps(e) + "\n" for e in entries), encoding="utf-8")
     dataset = VideoCaptionDataset(manifest, "train", 4, 32, mode="one_per_video", train=True)
-    with pytest.raises(CalmcapError, match=rf"^{MAX_SKIPS} unreadable videos in a row \(last: .*gone_{MAX_SKIPS + 2}\.mp4: "
+    with pytest.raises(CalmcapError, match=rf"^{MAX_SKIPS} unreadable videos in a row "
+                                           rf"\(last: .*gone_{MAX_SKIPS + 2}\.mp4: "
                                            r"file not found\); check the manifest with `calmcap check`$"):
         dataset[3]

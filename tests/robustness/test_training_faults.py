@@ -1,11 +1,9 @@
 """Faults in training: SIGTERM, a kill during a checkpoint write, NaN losses (issue #7)."""
 
-import json
 import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
@@ -32,7 +30,8 @@ def test_sigterm_saves_a_resume_state_and_resume_finishes(synth_small, tmp_path)
     (state,) = list_checkpoints(out)  # no periodic checkpoints: this one is the signal's
     stopped_at = int(state.name.split("_")[1])
     assert 3 <= stopped_at < 40
-    _run(_launch_args(1) + [str(RECIPE), "--config", str(CONFIG), "--resume", "latest"] + _overrides(synth_small, out, **settings))
+    _run(_launch_args(1) + [str(RECIPE), "--config", str(CONFIG), "--resume", "latest"]
+         + _overrides(synth_small, out, **settings))
     steps = [r["step"] for r in _records(out, "train")]
     assert steps == list(range(1, 41))  # nothing lost, nothing repeated
     assert (out / "model" / "model.safetensors").is_file()
@@ -58,8 +57,8 @@ def test_repeated_nan_losses_stop_the_run_without_saving(synth_small, tmp_path):
     # A learning rate this large overflows the weights after the first update.
     settings = {"optim.max_steps": 30, "optim.lr": "1.0e+30", "optim.clip_lr": "1.0e+30", "optim.warmup_steps": 0,
                 "optim.grad_clip": 0, "eval.every_steps": 0, "checkpoint.every_steps": 0, "train.max_bad_steps": 3}
-    result = subprocess.run(_launch_args(1) + [str(RECIPE), "--config", str(CONFIG)] + _overrides(synth_small, out, **settings),
-                            env=_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
+    command = _launch_args(1) + [str(RECIPE), "--config", str(CONFIG)] + _overrides(synth_small, out, **settings)
+    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
     assert result.returncode != 0
     assert "non-finite losses in a row" in result.stderr
     assert "step skipped" in result.stderr

@@ -22,8 +22,9 @@ Protocols:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from calmcap.data.converters.base import (
     ConversionResult,
@@ -110,7 +111,7 @@ def convert_activitynet(
                 raise ManifestError(
                     f"{path}: {video_id}: {len(timestamps)} timestamps for {len(sentences)} sentences"
                 )
-            for k, (pair, sentence) in enumerate(zip(timestamps, sentences)):
+            for k, (pair, sentence) in enumerate(zip(timestamps, sentences, strict=True)):
                 where = f"{video_id}: sentences[{k}]"
                 if not isinstance(sentence, str):
                     raise ManifestError(f"{path}: {where}: must be a string, got {type(sentence).__name__}")

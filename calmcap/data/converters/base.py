@@ -16,9 +16,10 @@ import csv
 import json
 import logging
 import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from calmcap.data.manifest import ManifestEntry
 from calmcap.errors import ManifestError

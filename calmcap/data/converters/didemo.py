@@ -21,8 +21,9 @@ Protocols:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from calmcap.data.converters.base import (
     ConversionResult,

@@ -15,8 +15,8 @@ retrieval challenge).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from calmcap.data.converters.base import (
     ConversionResult,

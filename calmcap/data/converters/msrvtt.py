@@ -25,8 +25,9 @@ sidecar records ``train_list: derived``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from calmcap.data.converters.base import (
     ConversionResult,

@@ -14,8 +14,8 @@ clip are kept (about 41 per clip); CLIP4Clip evaluates retrieval with all of the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from calmcap.data.converters.base import ConversionResult, clean_captions, read_lines, warn_skipped
 from calmcap.data.manifest import ManifestEntry

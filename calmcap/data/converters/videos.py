@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
 from calmcap.data.manifest import ManifestEntry
 
@@ -39,7 +39,7 @@ class VideoIndex:
     by_stem: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, root: str | Path) -> "VideoIndex":
+    def build(cls, root: str | Path) -> VideoIndex:
         index = cls(Path(root))
         for directory, subdirs, files in os.walk(index.root):
             subdirs.sort()  # deterministic: the first file of a name in sorted walk order wins
