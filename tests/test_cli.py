@@ -20,7 +20,8 @@ import pytest
 from calmcap.cli import main
 from tests.test_pipeline import checkpoint_dirs, manifest_videos
 
-SUBCOMMANDS = ["models", "synth", "prepare", "check", "cache", "caption", "evaluate", "score", "index", "retrieve", "explain"]
+SUBCOMMANDS = ["models", "synth", "prepare", "check", "cache", "caption", "evaluate", "score", "index", "retrieve",
+               "explain", "serve"]
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +128,8 @@ def test_caption_batch_lists_bad_files_and_still_captions(model_dir, synth_small
         (folder / f"good{i}.mp4").write_bytes(video.read_bytes())
     (folder / "bad.mp4").write_bytes(b"\x00" * 2048)
     (folder / "readme.txt").write_text("not a video, not picked up from a folder")
-    code = main(["caption", str(folder), str(tmp_path / "missing.mp4"), "--model", model_dir, "--max-length", "5", "--sample", "--top-p", "0.9"])
+    code = main(["caption", str(folder), str(tmp_path / "missing.mp4"), "--model", model_dir, "--max-length", "5",
+                 "--sample", "--top-p", "0.9"])
     assert code == 1
     captured = capsys.readouterr()
     captioned = [line.split("\t")[0] for line in captured.out.strip().splitlines()]
@@ -163,15 +165,19 @@ def test_score_equals_caption_metrics(synth_small, tmp_path, capsys):
         {"images": [], "annotations": [{"image_id": k, "caption": c} for k, cs in references.items() for c in cs]}))
     expected = caption_metrics(predictions, references, use_java=False)
 
-    assert main(["score", "--predictions", str(tmp_path / "preds.json"), "--references", str(tmp_path / "refs.json"), "--json", "--no-java"]) == 0
+    assert main(["score", "--predictions", str(tmp_path / "preds.json"), "--references", str(tmp_path / "refs.json"),
+                 "--json", "--no-java"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["metrics"] == expected and result["num_videos"] == 5 and result["num_references"] == 25
 
-    assert main(["score", "--predictions", str(tmp_path / "preds.json"), "--references", str(synth_small.parent), "--split", "test", "--no-java"]) == 0
+    assert main(["score", "--predictions", str(tmp_path / "preds.json"), "--references", str(synth_small.parent),
+                 "--split", "test", "--no-java"]) == 0
     out = capsys.readouterr().out
-    assert re.search(rf"^CIDEr +{expected['caption/CIDEr']:.2f}$", out, re.M) and "BLEU-4" in out and "METEOR" not in out
+    assert re.search(rf"^CIDEr +{expected['caption/CIDEr']:.2f}$", out, re.M)
+    assert "BLEU-4" in out and "METEOR" not in out
 
-    assert main(["score", "--predictions", str(tmp_path / "preds.json"), "--references", str(synth_small), "--split", "val", "--no-java"]) == 2
+    assert main(["score", "--predictions", str(tmp_path / "preds.json"), "--references", str(synth_small),
+                 "--split", "val", "--no-java"]) == 2
     assert "ids differ" in capsys.readouterr().err
 
 
@@ -187,7 +193,8 @@ def test_index_resume_and_retrieve_ordering(model_dir, synth_small, tmp_path, ca
     index = tmp_path / "index"
     assert main(["index", *videos[:4], "--model", model_dir, "--out", str(index), "--batch-size", "3"]) == 0
     assert "indexed 4 new video(s) (0 already indexed, 0 failed)" in capsys.readouterr().out
-    assert main(["index", *videos, str(tmp_path / "gone.mp4"), "--model", model_dir, "--out", str(index), "--no-progress"]) == 1
+    assert main(["index", *videos, str(tmp_path / "gone.mp4"), "--model", model_dir, "--out", str(index),
+                 "--no-progress"]) == 1
     captured = capsys.readouterr()
     assert "indexed 6 new video(s) (4 already indexed, 1 failed)" in captured.out and "holds 10" in captured.out
     assert "gone.mp4: no such file or directory" in captured.err
@@ -195,7 +202,8 @@ def test_index_resume_and_retrieve_ordering(model_dir, synth_small, tmp_path, ca
     assert meta["count"] == 10 and meta["dtype"] == "float16" and meta["model"]["sha256"]
 
     query = "a large red star spins"
-    assert main(["retrieve", "--model", model_dir, "--index", str(index), "--query", query, "--top-k", "10", "--json"]) == 0
+    assert main(["retrieve", "--model", model_dir, "--index", str(index), "--query", query, "--top-k", "10",
+                 "--json"]) == 0
     results = json.loads(capsys.readouterr().out)[0]["results"]
     model = load_model(model_dir).model
     with torch.inference_mode():
@@ -206,13 +214,15 @@ def test_index_resume_and_retrieve_ordering(model_dir, synth_small, tmp_path, ca
     assert [r["video"] for r in results] == [str(Path(videos[i]).resolve()) for i in np.argsort(-cosine)]
     np.testing.assert_allclose([r["score"] for r in results], np.sort(cosine)[::-1], atol=2e-3)
 
-    assert main(["retrieve", "--model", model_dir, "--index", str(index), "--query", query, "--query", "a blue ring", "--top-k", "2"]) == 0
+    assert main(["retrieve", "--model", model_dir, "--index", str(index), "--query", query, "--query", "a blue ring",
+                 "--top-k", "2"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"query: {query}\n   1  ") and "query: a blue ring" in out
 
     sentences = ["a red circle moves left", "a blue square grows", "", "a green ring shakes"]
     (tmp_path / "sentences.txt").write_text("\n".join(sentences))
-    assert main(["retrieve", "--model", model_dir, "--videos-to-text", videos[0], "--sentences", str(tmp_path / "sentences.txt"), "--json"]) == 0
+    assert main(["retrieve", "--model", model_dir, "--videos-to-text", videos[0],
+                 "--sentences", str(tmp_path / "sentences.txt"), "--json"]) == 0
     ranked = json.loads(capsys.readouterr().out)["results"]
     with torch.inference_mode():
         scores = model.encode_text([s for s in sentences if s]).numpy() @ embeds[0]
@@ -227,7 +237,8 @@ def test_index_resume_and_retrieve_ordering(model_dir, synth_small, tmp_path, ca
 def test_explain_text_json_png_and_baseline_error(checkpoints, synth_small, tmp_path, capsys):
     video = str(manifest_videos(synth_small, "test")[1])
     png = tmp_path / "anchors.png"
-    assert main(["explain", video, "--model", str(checkpoints["calm"]), "--top-k", "4", "--out", str(png), "--caption", "a red star"]) == 0
+    assert main(["explain", video, "--model", str(checkpoints["calm"]), "--top-k", "4", "--out", str(png),
+                 "--caption", "a red star"]) == 0
     out = capsys.readouterr().out
     assert "caption (given): a red star" in out and "of 55 anchors of the video (V_p)" in out and "(S_p_hat)" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
@@ -246,7 +257,8 @@ def test_explain_text_json_png_and_baseline_error(checkpoints, synth_small, tmp_
 def test_check_and_cache_parse_their_arguments(synth_small, tmp_path, capsys):
     # Options before positional arguments included; the printed summaries are checked in
     # tests/data/test_check_and_caches.py, only exit codes and files here.
-    assert main(["check", "--workers", "0", str(synth_small), "--split", "test", "--no-progress", "--out", str(tmp_path / "check")]) == 0
+    assert main(["check", "--workers", "0", str(synth_small), "--split", "test", "--no-progress",
+                 "--out", str(tmp_path / "check")]) == 0
     assert (tmp_path / "check" / "summary.json").is_file()
     assert main(["cache", str(synth_small), "--cache-dir", str(tmp_path / "cache"), "--split", "test",
                  "--image-size", "32", "--max-frames", "4", "--workers", "0", "--no-progress"]) == 0

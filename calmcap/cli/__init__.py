@@ -2,7 +2,8 @@
 
 Subcommands: ``models``, ``synth``, ``prepare``, ``check``, ``cache`` (data), ``caption``,
 ``evaluate``, ``score``, ``index``, ``retrieve``, ``explain`` (models at work; each is a thin
-wrapper over :mod:`calmcap.pipeline`). docs/CLI.md shows each with an example.
+wrapper over :mod:`calmcap.pipeline`), ``serve`` (the same over HTTP, :mod:`calmcap.serve`).
+docs/CLI.md shows each with an example.
 
 The CLI sits on top of everything and nothing imports it. It starts fast: building the parser
 imports no subcommand's dependencies (a subcommand's arguments are added when it is chosen, see
@@ -18,7 +19,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from calmcap.cli import (
     cache,
@@ -31,6 +33,7 @@ from calmcap.cli import (
     prepare,
     retrieve,
     score,
+    serve,
     synth,
 )
 from calmcap.errors import CalmcapError
@@ -39,7 +42,7 @@ from calmcap.version import __version__
 EXIT_USER_ERROR = 2
 
 # In the order `calmcap --help` lists them.
-SUBCOMMANDS = (models, synth, prepare, check, cache, caption, evaluate, score, index, retrieve, explain)
+SUBCOMMANDS = (models, synth, prepare, check, cache, caption, evaluate, score, index, retrieve, explain, serve)
 
 
 class LazyArgumentParser(argparse.ArgumentParser):
