@@ -174,7 +174,7 @@ def iter_captions(
             good = [c for c in group if c.error is None]
             captions: dict[int, CaptionResult] = {}
             if good:
-                for clip, result in zip(good, _caption_batch(loaded.model, good, decode, stats), strict=True):
+                for clip, result in zip(good, caption_clips(loaded.model, good, decode, stats), strict=True):
                     captions[clip.index] = result
             for clip in group:
                 result = captions.get(clip.index) or CaptionResult(video=clip.path, error=clip.error)
@@ -217,9 +217,11 @@ class _torch_threads:
 DECODER_THREADS: int | None = 1
 
 
-def _caption_batch(
+def caption_clips(
     model: CALMModel, clips: list[DecodedClip], decode: DecodeOptions, stats: PipelineStats
 ) -> list[CaptionResult]:
+    """Caption already-decoded clips in one batch: the step both batch captioning and
+    ``calmcap serve``'s micro-batcher run (one result per clip, its beams best first)."""
     frames, mask = encode_clips(model, clips, stats)
     start = time.perf_counter()
     device_is_cpu = frames.device.type == "cpu"

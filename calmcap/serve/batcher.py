@@ -246,7 +246,7 @@ class ModelBatcher:
     def _run_captions(self, batch: list[_CaptionJob]) -> None:
         # The per-batch step of `calmcap caption` itself (calmcap.pipeline.caption), so a caption
         # here is the CLI's; see the module docstring for what batching may change.
-        from calmcap.pipeline.caption import _caption_batch
+        from calmcap.pipeline.caption import caption_clips
 
         started = time.perf_counter()
         stats = PipelineStats()
@@ -255,7 +255,7 @@ class ModelBatcher:
                 import torch
 
                 torch.manual_seed(batch[0].seed)
-            results = _caption_batch(self.loaded.model, [job.clip for job in batch], batch[0].decode, stats)
+            results = caption_clips(self.loaded.model, [job.clip for job in batch], batch[0].decode, stats)
         except BaseException as error:  # noqa: BLE001 - every request of the batch gets the error
             logger.exception("captioning a batch of %d failed", len(batch))
             for job in batch:
