@@ -1,10 +1,9 @@
 """Dependencies point one way (STYLE.md): no import cycle between calmcap modules, and the CLI is a leaf.
 
 The graph is read from the source with ``ast``: every ``import`` and ``from ... import`` counts,
-at module level or inside a function, relative or absolute. Two kinds of statement do not make
-a dependency and are left out: imports under ``if TYPE_CHECKING:`` (never executed) and the body
-of ``if __name__ == "__main__":`` (run only when the file is executed as a script, where it is
-the script's entry point, not an import of the module).
+at module level or inside a function, relative or absolute, including the body of
+``if __name__ == "__main__":`` (a library module that runs the CLI as a script still depends on
+it). Only imports under ``if TYPE_CHECKING:`` (never executed) are left out.
 """
 
 from __future__ import annotations
@@ -42,19 +41,13 @@ def _is_type_checking(node: ast.If) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def _is_main_guard(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Compare) and isinstance(test.left, ast.Name) and test.left.id == "__name__"
-            and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in test.comparators))
-
-
 def _imported_names(name: str, path: Path, is_package: bool) -> set[str]:
     """Every module name ``name``'s source imports (``a.b`` and, for ``from a.b import c``, ``a.b.c``)."""
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and (_is_type_checking(child) or _is_main_guard(child)):
+            if isinstance(child, ast.If) and _is_type_checking(child):
                 for statement in child.orelse:
                     visit_statement(statement)
                 continue

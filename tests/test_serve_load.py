@@ -173,7 +173,7 @@ def _plan(num_requests: int, good_videos: list[Path], seed: int = 0) -> list[tup
     return plan
 
 
-def _load_and_faults(num_requests, model_dir, good_videos, references, bad_inputs, tmp_path) -> None:
+def _load_and_faults(num_requests, model_dir, good_videos, references, bad_inputs, tmp_path) -> list:
     uploads = tmp_path / "uploads"
     server = ServerProcess(["--model", model_dir, "--upload-dir", str(uploads), "--max-upload-mb", str(UPLOAD_LIMIT_MB),
                             "--queue-size", "64", "--max-batch-size", "4", "--request-timeout", "300"])
@@ -223,15 +223,22 @@ def _load_and_faults(num_requests, model_dir, good_videos, references, bad_input
           f"{dict(sorted((b, batch_sizes.count(b)) for b in set(batch_sizes)))}; beam swaps {len(swaps)}: {swaps}; "
           f"RSS {rss_warm / 2**20:.0f} -> {rss_end / 2**20:.0f} MiB")
     assert len(swaps) <= max(1, good // 20)
+    return results
+
+
+def _statuses(results: list) -> set:
+    return {status for _, _, status, _, _ in results if status is not None}
 
 
 def test_load_and_faults(model_dir, good_videos, references, bad_inputs, tmp_path):
-    _load_and_faults(LOAD_REQUESTS, model_dir, good_videos, references, bad_inputs, tmp_path)
+    results = _load_and_faults(LOAD_REQUESTS, model_dir, good_videos, references, bad_inputs, tmp_path)
+    assert 200 in _statuses(results) and max(_statuses(results)) < 500
 
 
 @pytest.mark.slow
 def test_load_and_faults_long(model_dir, good_videos, references, bad_inputs, tmp_path):
-    _load_and_faults(1200, model_dir, good_videos, references, bad_inputs, tmp_path)
+    results = _load_and_faults(1200, model_dir, good_videos, references, bad_inputs, tmp_path)
+    assert 200 in _statuses(results) and max(_statuses(results)) < 500
 
 
 def test_sigterm_finishes_the_request_in_flight_and_exits(model_dir, good_videos, references):

@@ -932,9 +932,3 @@ def generate_benchmark(
         "ceiling": {s: splits_info[s]["ceiling"] for s in SPLITS},
         "seconds": seconds,
     }
-
-
-if __name__ == "__main__":  # `python -m calmcap.data.synth OUT_DIR ...` is `calmcap synth OUT_DIR ...`
-    from calmcap.cli import main
-
-    sys.exit(main(["synth", *sys.argv[1:]]))

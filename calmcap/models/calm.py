@@ -46,9 +46,6 @@ class CALMModel(nn.Module):
         self.config = config
         self.labels = list(labels)
         self.tokenizer = tokenizer
-        # Beam-search settings this model was validated with (saved as "generation" in the
-        # checkpoint's config.json; see calmcap.pipeline.CaptionOptions.resolve). Set by the recipe.
-        self.generation_defaults: dict[str, Any] = {}
         if tokenizer is not None and tokenizer.vocab_size != config.decoder.vocab_size:
             raise ValueError(
                 f"tokenizer has {tokenizer.vocab_size} pieces but decoder.vocab_size={config.decoder.vocab_size}"

@@ -347,10 +347,12 @@ def test_synth_cli(tmp_path, capsys):
 
 
 def test_runs_as_a_script_through_the_cli():
+    # `python -m calmcap.cli synth` (no console script needed); the library module itself has no
+    # script entry, since that would make it import the CLI (issue #13).
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "calmcap.data.synth", "--help"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "calmcap.cli", "synth", "--help"], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: calmcap synth") and "--num-train" in result.stdout
