@@ -257,6 +257,11 @@ class DecoderConfig:
     max_positions: int = 64
     # Tokens projected from the anchor-aligned latent and added to the decoder's memory.
     num_latent_tokens: int = 4
+    # Without a latent (the baseline: alignment.variant=none or no anchors), the memory still gets
+    # num_latent_tokens tokens, learned constants, so that the baseline's decoder has CALM's memory
+    # size and a variant differs from it in the alignment only (issue #12; our choice, the paper
+    # does not say how its baseline's decoder is sized). false: the frames alone.
+    constant_tokens_without_latent: bool = True
     dropout: float = 0.1
 
     def validate(self) -> None:
@@ -264,6 +269,8 @@ class DecoderConfig:
             raise ConfigError(f"decoder.width ({self.width}) must be divisible by decoder.num_heads ({self.num_heads})")
         if self.vocab_size < 8:
             raise ConfigError("decoder.vocab_size must be at least 8")
+        if self.num_latent_tokens < 0:
+            raise ConfigError(f"decoder.num_latent_tokens must be at least 0, got {self.num_latent_tokens}")
 
 
 @dataclass

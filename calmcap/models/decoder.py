@@ -2,7 +2,9 @@
 
 Its memory (docs/DESIGN.md section 1) is the frame features projected to the decoder width plus
 ``num_latent_tokens`` tokens projected from the anchor-aligned latent (the VAE's ``mu`` at
-inference, a sample ``z`` in training), so the latent conditions every generated token.
+inference, a sample ``z`` in training), so the latent conditions every generated token. A
+decoder without a latent (the baseline) gets as many learned constant tokens instead, unless
+``constant_tokens_without_latent`` is off, so both have the same memory size.
 ``transformers``' ``generate`` gives KV-cached greedy, beam and nucleus decoding.
 """
 
@@ -27,11 +29,14 @@ class CaptionDecoder(nn.Module):
 
         self.config = config
         self.latent_dim = latent_dim
-        self.num_latent_tokens = config.num_latent_tokens if latent_dim > 0 else 0
+        has_tokens = latent_dim > 0 or config.constant_tokens_without_latent
+        self.num_latent_tokens = config.num_latent_tokens if has_tokens else 0
         width = config.width
         self.frame_proj = nn.Linear(frame_dim, width)
-        if self.num_latent_tokens:
+        if self.num_latent_tokens and latent_dim > 0:
             self.latent_proj = nn.Linear(latent_dim, width * self.num_latent_tokens)
+        elif self.num_latent_tokens:  # the baseline's constant tokens (the memory norm rescales them)
+            self.constant_tokens = nn.Parameter(torch.empty(self.num_latent_tokens, width).normal_(std=0.02))
         # Learned positions for memory slots: frame order, then the latent tokens.
         self.memory_pos = nn.Parameter(torch.zeros(max_frames + self.num_latent_tokens, width))
         nn.init.normal_(self.memory_pos, std=0.01)
@@ -66,10 +71,13 @@ class CaptionDecoder(nn.Module):
         batch, num_frames = frame_features.shape[:2]
         tokens = [self.frame_proj(frame_features)]
         masks = [frame_mask.long()]
-        if self.num_latent_tokens:
+        if self.num_latent_tokens and self.latent_dim > 0:
             if latent is None:
                 raise ValueError("this decoder was built with latent tokens; pass the latent")
             tokens.append(self.latent_proj(latent).view(batch, self.num_latent_tokens, -1))
+        elif self.num_latent_tokens:
+            tokens.append(self.constant_tokens.to(tokens[0].dtype).expand(batch, -1, -1))
+        if self.num_latent_tokens:
             masks.append(torch.ones(batch, self.num_latent_tokens, dtype=torch.long, device=frame_mask.device))
         memory = torch.cat(tokens, dim=1)
         latent_positions = self.memory_pos[self.memory_pos.shape[0] - self.num_latent_tokens :]

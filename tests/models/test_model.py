@@ -144,3 +144,23 @@ def test_anchor_terms_reach_the_text_tower_only_when_s_p_is_attached(make_model,
     # The video side learns either way: V_p is the VAE's input.
     assert grad_sum(image_tower) > 0.0
     assert model.anchor_bank.pos_embed.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("overrides", [["alignment.variant=none"], ["anchors.num_anchors=0"]], ids=str)
+def test_the_baseline_decoder_has_calm_memory_size_from_learned_constants(make_model, tiny_batch, overrides):
+    """Capacity-matched baseline (issue #12): same memory length as CALM, its extra tokens constants."""
+    calm, baseline = make_model(), make_model(overrides=overrides)
+    features = torch.randn(4, 8, 128)
+    mask = torch.ones(4, 8, dtype=torch.bool)
+    calm_memory, calm_mask = calm.decoder.build_memory(features, mask, torch.randn(4, 256))
+    memory, memory_mask = baseline.decoder.build_memory(features, mask, None)
+    assert memory.shape == calm_memory.shape and torch.equal(memory_mask, calm_mask)
+    assert memory.shape[1] == 8 + calm.config.decoder.num_latent_tokens
+    # The extra tokens do not depend on the video; the frame tokens do.
+    other, _ = baseline.decoder.build_memory(torch.randn(4, 8, 128), mask, None)
+    assert torch.allclose(memory[:, 8:], other[:, 8:]) and not torch.allclose(memory[:, :8], other[:, :8])
+    assert not hasattr(baseline.decoder, "latent_proj") and baseline.decoder.constant_tokens.requires_grad
+
+    off = make_model(overrides=[*overrides, "decoder.constant_tokens_without_latent=false"])
+    assert off.decoder.build_memory(features, mask, None)[0].shape[1] == 8
+    assert not hasattr(off.decoder, "constant_tokens")
