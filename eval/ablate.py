@@ -1,18 +1,29 @@
 #!/usr/bin/env python
-"""The CALM study: train and evaluate a grid of configurations on the embedded benchmark.
+"""The CALM study: train and evaluate a grid of configurations, several seeds each.
 
-    python eval/ablate.py --grid main --seeds 0 1 2 --out runs/ablate
+    python eval/ablate.py --grid main --out runs/study                       # the embedded benchmark
+    python eval/ablate.py --preset msrvtt --grid main --out runs/study_msrvtt  # the paper's scale
 
-Each run trains ``recipes/train_caption.py`` with the base config plus the run's overrides,
-then evaluates its model on the in-domain ``test`` and the out-of-domain ``test_ood`` splits.
+Each run trains ``recipes/train_caption.py`` with the preset's config plus the run's
+overrides, then evaluates its model on the preset's test splits (``PRESETS``; ``--split``
+names others): on the embedded benchmark the in-domain ``test`` and the three out-of-domain
+splits (``test_ood``: both shifts; ``test_ood_visual``: domain-B rendering, domain-A wording;
+``test_ood_text``: domain-A rendering, domain-B wording); at the paper's scale MSR-VTT's 1k-A
+test and DiDeMo's test, the paper's cross-domain table. A reference row evaluates the
+preset's pretrained towers zero-shot (mean-pooled frames, no training), since the
+out-of-domain question is what fine-tuning keeps of them.
+
 Runs go ``--parallel`` at a time (each with its share of the cores), and the runner resumes:
-a run whose ``results.json`` exists is not repeated, and an interrupted run resumes from its
-last checkpoint. The table (``table-<grids>.md`` and ``.json``, e.g. ``table-main.md``, so
-studies of other grids into the same ``--out`` share runs, not tables) gives, per variant, the mean and
-standard deviation over seeds of each metric on both splits, the difference to the baseline
-and whether it exceeds the seed noise (Welch's t-test over the seeds, two-sided p < 0.05;
-with 3 seeds a difference needs roughly 3-4 standard errors to pass),
-and ``ood_gap-<grids>.png`` plots out-of-domain minus in-domain score per variant.
+a run whose ``results.json`` holds every split is not repeated (one missing a split is only
+evaluated), and an interrupted run resumes from its last checkpoint. ``--dry-run`` prints the
+plan (runs, their configs, the splits) and checks every config without touching data.
+
+The table (``table-<grids>.md`` and ``.json``, e.g. ``table-main.md``, so studies of other
+grids into the same ``--out`` share runs, not tables) gives, per variant and split, the mean
+and standard deviation over seeds of each metric, the difference to the baseline and Welch's
+t-test p over the seeds, Holm-corrected across each split's table (every variant x metric
+comparison of that split is one family); ``*`` marks a corrected p < 0.05. ``ood_gap-<grids>.png``
+plots out-of-domain minus in-domain score per variant.
 """
 
 from __future__ import annotations
@@ -28,10 +39,33 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "train_caption.py"
-DEFAULT_CONFIG = REPO / "recipes" / "configs" / "synth_tiny.yaml"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_benchmarks import SUITES, parse_bench  # noqa: E402  (eval/ is a folder of scripts)
+
+
+class Preset(NamedTuple):
+    """Where a study trains (a recipe config) and what it tests on: ``{label: (manifest, split)}``
+    (manifest ``None``: the config's own)."""
+
+    config: Path
+    splits: dict[str, tuple[str | None, str]]
+
+
+PRESETS = {
+    # The embedded benchmark: calmcap-tiny on its pretrained `synth` towers (issue #11).
+    "synth": Preset(REPO / "recipes" / "configs" / "synth_tiny.yaml",
+                    {"in-domain": (None, "test"), "out-of-domain": (None, "test_ood"),
+                     "ood-visual": (None, "test_ood_visual"), "ood-text": (None, "test_ood_text")}),
+    # The paper's cross-domain table: calmcap-vitb32 from OpenAI's CLIP, trained on MSR-VTT
+    # (Training-9K), tested on MSR-VTT 1k-A and on DiDeMo (paragraph protocol) unseen.
+    "msrvtt": Preset(REPO / "recipes" / "configs" / "study_msrvtt_vitb32.yaml",
+                     {"in-domain": (SUITES["msrvtt_9k"][0], "test"), "out-of-domain": (SUITES["didemo"][0], "test")}),
+}
+ZERO_SHOT = "zero-shot towers"
 
 BASELINE = "baseline"
 # The paper's grid (Table 7 and the anchor ablations), as model overrides per variant.
@@ -47,12 +81,13 @@ GRIDS: dict[str, dict[str, list[str]]] = {
         # which makes one constant one-hot S_p the optimum (docs/STUDY.md).
         "calm-vae-grad-sp": ["alignment.variant=vae", "alignment.detach_text_dist=false"],
     },
-    # calmcap-tiny's default label set is the pretraining world's (synth_world, 55 labels).
+    # K anchors: the first K labels of the model's label set (calmcap-tiny: the pretraining
+    # world's 55 labels, synth_world; calmcap-vitb32: Charades' 157); K=all is the default CALM.
     "anchors": {
         BASELINE: ["anchors.num_anchors=0"],
         "K=15": ["anchors.num_anchors=15"],
         "K=30": ["anchors.num_anchors=30"],
-        "K=55": ["anchors.num_anchors=null"],
+        "K=all": ["anchors.num_anchors=null"],
     },
     "labels": {
         BASELINE: ["alignment.variant=none"],
@@ -62,12 +97,14 @@ GRIDS: dict[str, dict[str, list[str]]] = {
         "synth-concepts": ["anchors.label_set=synth_concepts"],
     },
 }
-METRICS = ["caption/CIDEr", "caption/BLEU-4", "t2v/R@1", "t2v/R@5", "v2t/R@1"]
+# attr/all: the share of captions naming the video's shape, colour, size and action (manifests
+# with ground truth only: the embedded benchmark).
+METRICS = ["caption/CIDEr", "caption/BLEU-4", "attr/all", "t2v/R@1", "t2v/R@5", "v2t/R@1", "v2t/R@5"]
+RETRIEVAL_METRICS = [m for m in METRICS if m.startswith(("t2v/", "v2t/"))]
 # What the anchor branch looked like at the last logged training step (training.anchor_statistics):
 # a text entropy near 0 with a top share near 1 means S_p collapsed onto one anchor.
 DIAGNOSTICS = ["anchor/text_entropy", "anchor/text_top_share", "anchor/video_entropy", "loss/rec", "loss/kl",
                "loss/align"]
-SPLITS = {"in-domain": "test", "out-of-domain": "test_ood"}
 
 
 def run_name(variant: str, seed: int) -> str:
@@ -97,67 +134,137 @@ def base_config(args: argparse.Namespace):
     return load_train_config(args.config, args.override)
 
 
-def train_and_evaluate(args: argparse.Namespace, variant: str, overrides: list[str], seed: int, threads: int) -> dict:
-    """One run: train (resuming if interrupted), evaluate both splits, write results.json."""
-    out = Path(args.out) / run_name(variant, seed)
-    results_path = out / "results.json"
-    if results_path.is_file():
-        return json.loads(results_path.read_text())
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
-    started = time.time()
+def test_splits(args: argparse.Namespace) -> dict[str, tuple[str, str]]:
+    """``{label: (manifest path, split)}``: the preset's, or ``--split`` items; relative to the repo."""
+    splits = dict(PRESETS[args.preset].splits)
+    if args.split:
+        splits = {label: (manifest, names[0]) for label, manifest, names in args.split}
+    default = base_config(args).data.manifest
+    out = {}
+    for label, (manifest, split) in splits.items():
+        path = Path(manifest or default)
+        out[label] = (str(path if path.is_absolute() else REPO / path), split)
+    return out
+
+
+def train_command(args: argparse.Namespace, out: Path, overrides: list[str], seed: int) -> list[str]:
+    """The recipe invocation of one run."""
+    synth = ["data.synth.workers=1"] if base_config(args).data.synth.enabled else []
     command = [
         sys.executable, str(RECIPE), "--config", str(args.config), "--resume", "latest",
         f"output_dir={out}", f"seed={seed}", f"model.overrides={json.dumps(overrides)}",
-        f"data.num_workers={args.num_workers}", "data.synth.workers=1", *args.override,
+        f"data.num_workers={args.num_workers}", *synth, *args.override,
     ]
     if args.steps:
         command.append(f"optim.max_steps={args.steps}")
+    return command
+
+
+def _env(threads: int) -> dict[str, str]:
+    return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
+
+
+def _has_every_split(path: Path, splits: dict) -> bool:
+    return path.is_file() and set(splits) <= set(json.loads(path.read_text()).get("splits", {}))
+
+
+def train_and_evaluate(args: argparse.Namespace, variant: str, overrides: list[str], seed: int, threads: int) -> dict:
+    """One run: train (resuming if interrupted), evaluate every test split, write results.json.
+
+    A finished run is not repeated; one whose results lack a split (a split added since) is
+    only evaluated on the missing ones.
+    """
+    out = Path(args.out) / run_name(variant, seed)
+    results_path = out / "results.json"
+    splits = test_splits(args)
+    if _has_every_split(results_path, splits):
+        return json.loads(results_path.read_text())
+    started = time.time()
     log = out.parent / f"{out.name}.log"
     out.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as handle:
-        subprocess.run(command, env=env, stdout=handle, stderr=subprocess.STDOUT, check=True, cwd=REPO)
+        if not (out / "summary.json").is_file():
+            subprocess.run(train_command(args, out, overrides, seed), env=_env(threads), stdout=handle,
+                           stderr=subprocess.STDOUT, check=True, cwd=REPO)
         subprocess.run(
-            [sys.executable, __file__, "--evaluate-run", str(out), "--manifest", str(manifest_of(args)),
+            [sys.executable, __file__, "--evaluate-run", str(out), "--splits-json", json.dumps(splits),
              "--eval-max-videos", str(args.eval_max_videos or 0)],
-            env=env, stdout=handle, stderr=subprocess.STDOUT, check=True, cwd=REPO,
+            env=_env(threads), stdout=handle, stderr=subprocess.STDOUT, check=True, cwd=REPO,
         )
     result = json.loads(results_path.read_text())
-    result.update(variant=variant, seed=seed, overrides=overrides, train_seconds=time.time() - started)
+    result.update(variant=variant, seed=seed, overrides=overrides)
+    result["train_seconds"] = result.get("train_seconds", 0.0) + time.time() - started
     results_path.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
-def manifest_of(args: argparse.Namespace) -> Path:
-    path = Path(base_config(args).data.manifest)
-    return path if path.is_absolute() else REPO / path
-
-
-def evaluate_run(run_dir: Path, manifest: Path, max_videos: int) -> None:
-    """Evaluate ``run_dir/model`` on test and test_ood; write ``run_dir/results.json``."""
-    import torch
-
+def _split_dataset(manifest: str, split: str, num_frames: int, image_size: int, max_videos: int):
     from calmcap.data.dataset import VideoCaptionDataset
     from calmcap.data.manifest import read_manifest
+
+    entries = read_manifest(manifest, split)[: max_videos or None]
+    return VideoCaptionDataset(manifest, split, num_frames, image_size, mode="videos", entries=entries)
+
+
+def evaluate_run(run_dir: Path, splits: dict[str, tuple[str, str]], max_videos: int) -> None:
+    """Evaluate ``run_dir/model`` on the splits its ``results.json`` lacks; write it."""
+    import torch
+
     from calmcap.evaluation import evaluate
     from calmcap.models.calm import CALMModel
     from calmcap.train_config import load_train_config
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    path = run_dir / "results.json"
+    previous = json.loads(path.read_text()) if path.is_file() else {}  # re-evaluation keeps variant, seed, times
+    results = dict(previous.get("splits", {}))
     model = CALMModel.from_pretrained(run_dir / "model")
     # Decode as the run's own validation did (the embedded benchmark needs 40 pieces, not 20).
     decode = load_train_config(run_dir / "config.yaml").eval.decode
-    results = {}
-    for label, split in SPLITS.items():
-        entries = read_manifest(manifest, split)[: max_videos or None]
-        dataset = VideoCaptionDataset(manifest, split, model.config.num_frames, model.config.image_size,
-                                      mode="videos", entries=entries)
+    for label, (manifest, split) in splits.items():
+        if label in results:
+            continue
+        dataset = _split_dataset(manifest, split, model.config.num_frames, model.config.image_size, max_videos)
         result = evaluate(model, dataset, batch_size=32, decode=decode, meteor=False)
-        results[label] = {**result.metrics, "videos": result.counts["videos"]}
+        results[label] = {**result.metrics, "videos": result.counts["videos"], "split": split}
     summary = json.loads((run_dir / "summary.json").read_text())
-    path = run_dir / "results.json"
-    previous = json.loads(path.read_text()) if path.is_file() else {}  # re-evaluation keeps variant, seed, times
     path.write_text(json.dumps({**previous, "splits": results, "training": summary,
                                 "decode": dataclasses.asdict(decode)}, indent=2) + "\n")
+
+
+def evaluate_zero_shot(args: argparse.Namespace, threads: int) -> dict:
+    """The reference row: the preset's pretrained towers, untrained, ranking each split (mean-pooled frames)."""
+    out = Path(args.out) / "zero-shot"
+    path = out / "results.json"
+    splits = test_splits(args)
+    if _has_every_split(path, splits):
+        return json.loads(path.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    with (out.parent / "zero-shot.log").open("a") as handle:
+        subprocess.run([sys.executable, __file__, "--zero-shot-run", str(out), "--splits-json", json.dumps(splits),
+                        "--eval-max-videos", str(args.eval_max_videos or 0), "--config", str(args.config),
+                        *[f"--override={o}" for o in args.override]],
+                       env=_env(threads), stdout=handle, stderr=subprocess.STDOUT, check=True, cwd=REPO)
+    return json.loads(path.read_text())
+
+
+def zero_shot_run(args: argparse.Namespace, out: Path, splits: dict[str, tuple[str, str]]) -> None:
+    import torch
+
+    from calmcap.config import get_model_config
+    from calmcap.models.encoders import build_clip, clip_text_tokenizer
+    from calmcap.zeroshot import zero_shot
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    config = get_model_config(base_config(args).model.name, base_config(args).model.overrides)
+    clip, tokenize = build_clip(config.clip, config.image_size), clip_text_tokenizer(config.clip.arch)
+    results = {}
+    for label, (manifest, split) in splits.items():
+        dataset = _split_dataset(manifest, split, config.num_frames, config.image_size, args.eval_max_videos or 0)
+        result = zero_shot(clip, tokenize, dataset, attributes=())
+        results[label] = {**result.retrieval, "videos": result.num_videos, "split": split}
+    (out / "results.json").write_text(json.dumps({"variant": ZERO_SHOT, "towers": dataclasses.asdict(config.clip),
+                                                  "splits": results}, indent=2) + "\n")
 
 
 def last_training_row(run_dir: Path) -> dict[str, float]:
@@ -172,15 +279,15 @@ def last_training_row(run_dir: Path) -> dict[str, float]:
     return {k: row[k] for k in DIAGNOSTICS if k in row}
 
 
-def aggregate(results: list[dict], variants: list[str]) -> dict:
-    """Mean, std over seeds; difference to the baseline and whether it beats the seed noise."""
+def aggregate(results: list[dict], variants: list[str], labels: list[str]) -> dict:
+    """Mean, std over seeds; difference to the baseline, Welch's p and its Holm correction per split."""
     table: dict = {}
     for variant in variants:
         runs = [r for r in results if r["variant"] == variant]
         table[variant] = {"seeds": sorted(r["seed"] for r in runs)}
-        for label in SPLITS:
+        for label in labels:
             for metric in METRICS:
-                values = [r["splits"][label][metric] for r in runs if metric in r["splits"][label]]
+                values = [r["splits"][label][metric] for r in runs if metric in r["splits"].get(label, {})]
                 if values:
                     table[variant][f"{label}/{metric}"] = summarise(values)
         for name in DIAGNOSTICS:
@@ -195,11 +302,28 @@ def aggregate(results: list[dict], variants: list[str]) -> dict:
             if key == "seeds" or key.startswith("training/") or key not in base:
                 continue
             b = base[key]
-            diff = cell["mean"] - b["mean"]
-            cell["diff"] = diff
+            cell["diff"] = cell["mean"] - b["mean"]
             cell["p"] = welch_p(cell, b)
-            cell["significant"] = bool(cell["p"] == cell["p"] and cell["p"] < 0.05)
+    for label in labels:  # one family per split: every variant x metric compared with the baseline
+        cells = [cell for row in table.values() for key, cell in row.items()
+                 if key.startswith(f"{label}/") and "p" in cell]
+        for cell, adjusted in zip(cells, holm([c["p"] for c in cells]), strict=True):
+            cell["p_holm"] = adjusted
+            cell["significant"] = bool(adjusted == adjusted and adjusted < 0.05)
     return table
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (statsmodels); NaN (an undefined test) stays NaN, uncounted."""
+    defined = [i for i, p in enumerate(p_values) if p == p]
+    adjusted = [float("nan")] * len(p_values)
+    if defined:
+        from statsmodels.stats.multitest import multipletests
+
+        corrected = multipletests([p_values[i] for i in defined], method="holm")[1]
+        for i, value in zip(defined, corrected, strict=True):
+            adjusted[i] = float(value)
+    return adjusted
 
 
 def welch_p(a: dict, b: dict) -> float:
@@ -217,29 +341,36 @@ def summarise(values: list[float]) -> dict:
             "n": len(values)}
 
 
-def markdown(table: dict, shared: dict[str, str] | None = None) -> str:
+def markdown(table: dict, splits: dict[str, tuple[str, str]], shared: dict[str, str] | None = None,
+             zero_shot: dict | None = None) -> str:
     shared = shared or {}
     lines = []
-    for label in SPLITS:
-        lines.append(f"\n### {label} ({SPLITS[label]})\n")
-        lines.append("| variant | seeds | " + " | ".join(METRICS) + " |")
-        lines.append("|---|---|" + "---|" * len(METRICS))
+    for label, (manifest, split) in splits.items():
+        metrics = [m for m in METRICS if any(f"{label}/{m}" in row for row in table.values())]
+        lines.append(f"\n### {label} ({Path(manifest).parent.name}: {split})\n")
+        lines.append("| variant | seeds | " + " | ".join(metrics) + " |")
+        lines.append("|---|---|" + "---|" * len(metrics))
         for variant, row in table.items():
             cells = []
-            for metric in METRICS:
+            for metric in metrics:
                 cell = row.get(f"{label}/{metric}")
                 if cell is None:
                     cells.append("–")
                     continue
                 text = f"{cell['mean']:.1f} ± {cell['std']:.1f}"
                 if "diff" in cell:
-                    p = f", p={cell['p']:.2f}" if cell["p"] == cell["p"] else ""
-                    text += f" ({cell['diff']:+.1f}{p}{'*' if cell['significant'] else ''})"
+                    p = f", p={cell['p_holm']:.2f}" if cell.get("p_holm") == cell.get("p_holm") else ""
+                    text += f" ({cell['diff']:+.1f}{p}{'*' if cell.get('significant') else ''})"
                 cells.append(text)
             name = f"{variant} (= {shared[variant]})" if variant in shared else variant
             lines.append(f"| {name} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
-    lines.append("\nmean ± std over seeds; (difference to the baseline, Welch's t-test p over seeds; "
-                 "* = p < 0.05, a difference beyond the seed noise)")
+        if zero_shot and label in zero_shot.get("splits", {}):
+            scores = zero_shot["splits"][label]
+            cells = [f"{scores[m]:.1f}" if m in scores else "–" for m in metrics]
+            lines.append(f"| *{ZERO_SHOT} (reference)* | – | " + " | ".join(cells) + " |")
+    lines.append("\nmean ± std over seeds; (difference to the baseline, Welch's t-test p over seeds, Holm-corrected "
+                 "over the split's table; * = corrected p < 0.05, a difference beyond the seed noise). "
+                 f"*{ZERO_SHOT}*: the pretrained towers before any training, mean-pooled frames (retrieval only)")
     rows = [(v, r) for v, r in table.items() if any(f"training/{n}" in r for n in DIAGNOSTICS)]
     if rows:
         lines.append("\n### anchor branch at the last training step\n")
@@ -250,65 +381,53 @@ def markdown(table: dict, shared: dict[str, str] | None = None) -> str:
                      else "–" for n in DIAGNOSTICS]
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
         lines.append("\nentropies in nats (uniform over K anchors: ln K); top share: fraction of a batch's captions "
-                     "whose S_p peaks on the batch's most common anchor")
+                     "whose S_p peaks on the batch's most common anchor (near 1: S_p collapsed onto one anchor)")
     return "\n".join(lines) + "\n"
 
 
-def plot_gap(table: dict, path: Path) -> None:
+def plot_gap(table: dict, labels: list[str], path: Path) -> None:
+    """Each other split's score minus the first (in-domain) one's, per variant (one panel per metric)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [m for m in ("caption/CIDEr", "t2v/R@1") if any(f"in-domain/{m}" in row for row in table.values())]
+    home, shifted = labels[0], labels[1:]
+    metrics = [m for m in ("caption/CIDEr", "t2v/R@1") if any(f"{home}/{m}" in row for row in table.values())]
     fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4), squeeze=False)
+    width = 0.8 / max(1, len(shifted))
     for ax, metric in zip(axes[0], metrics, strict=True):
-        names, gaps, errors = [], [], []
-        for variant, row in table.items():
-            a, b = row.get(f"in-domain/{metric}"), row.get(f"out-of-domain/{metric}")
-            if a and b:
-                names.append(variant)
-                gaps.append(b["mean"] - a["mean"])
-                errors.append(math.sqrt(a["std"] ** 2 + b["std"] ** 2))
-        ax.bar(names, gaps, yerr=errors, capsize=4, color="tab:blue")
+        names = [v for v, row in table.items() if f"{home}/{metric}" in row]
+        for i, label in enumerate(shifted):
+            gaps, errors = [], []
+            for variant in names:
+                a, b = table[variant][f"{home}/{metric}"], table[variant].get(f"{label}/{metric}")
+                gaps.append(b["mean"] - a["mean"] if b else 0.0)
+                errors.append(math.sqrt(a["std"] ** 2 + b["std"] ** 2) if b else 0.0)
+            ax.bar([x + i * width for x in range(len(names))], gaps, width, yerr=errors, capsize=3, label=label)
+        ax.set_xticks([x + width * (len(shifted) - 1) / 2 for x in range(len(names))], names, rotation=30)
         ax.axhline(0, color="black", linewidth=0.8)
-        ax.set_title(f"{metric}: out-of-domain minus in-domain")
-        ax.tick_params(axis="x", rotation=30)
+        ax.set_title(f"{metric}: minus {home}")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--grid", nargs="+", default=["main"], choices=sorted(GRIDS))
-    parser.add_argument("--variants", nargs="*", help="only these variants of the grid(s)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=None, help="optim.max_steps per run (default: the config's)")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
-    parser.add_argument("--out", default="runs/ablate")
-    parser.add_argument("--parallel", type=int, default=1, help="runs at a time (threads are split between them)")
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers per run")
-    parser.add_argument("--eval-max-videos", type=int, default=None,
-                        help="evaluate on the first N videos of each split")
-    parser.add_argument("--override", action="append", default=[], help="extra key=value for every run")
-    parser.add_argument("--evaluate-run", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--manifest", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.evaluate_run:
-        evaluate_run(args.evaluate_run, args.manifest, args.eval_max_videos or 0)
-        return 0
+def plan(args: argparse.Namespace) -> tuple[dict, dict, list[tuple[str, list[str], int]]]:
+    """(variants {name: overrides}, run_of {variant: (run, overrides)}, jobs [(run, overrides, seed)]).
 
+    One run per distinct resolved model and seed; a variant that resolves like an earlier one
+    (K=all is the default CALM, K=0 is the baseline) reads that run's results. Runs are named
+    after the first variant of all grids (in GRIDS order) that resolves alike, so separate
+    invocations into one --out share them too.
+    """
     variants: dict[str, list[str]] = {}
     for grid in args.grid:
         for name, overrides in GRIDS[grid].items():
             if args.variants and name not in args.variants:
                 continue
             variants.setdefault(name, overrides)
-    # One run per distinct resolved model and seed; a variant that resolves like an earlier
-    # one (K=55 is the default CALM, K=0 is the baseline) reads that run's results.
-    # Runs are named after the first variant of all grids (in GRIDS order) that resolves
-    # alike, so separate invocations into one --out share them too.
     model_name = base_config(args).model.name
     first_of_key: dict[str, tuple[str, list[str]]] = {}
     for grid in GRIDS.values():
@@ -317,6 +436,63 @@ def main(argv: list[str] | None = None) -> int:
     run_of = {name: first_of_key[model_key(model_name, overrides)] for name, overrides in variants.items()}
     runs = {run: overrides for run, overrides in run_of.values()}
     jobs = [(run, overrides, seed) for seed in args.seeds for run, overrides in runs.items()]
+    return variants, run_of, jobs
+
+
+def dry_run(args: argparse.Namespace) -> int:
+    """Print the plan and check each run's recipe config (with its model) without touching data."""
+    from calmcap.config import get_model_config
+    from calmcap.train_config import load_train_config
+
+    variants, run_of, jobs = plan(args)
+    print(f"preset {args.preset}: {args.config}")
+    for label, (manifest, split) in test_splits(args).items():
+        print(f"  test {label}: {manifest} split {split}")
+    for run, overrides, seed in jobs:
+        out = Path(args.out) / run_name(run, seed)
+        command = train_command(args, out, overrides, seed)
+        cfg = load_train_config(args.config, command[command.index("--resume") + 2:])
+        get_model_config(cfg.model.name, cfg.model.overrides)  # validates the run's model
+        print(f"{run_name(run, seed)}: {' '.join(command[1:])}")
+    print(f"{len(jobs)} runs for {len(variants)} variants x {len(args.seeds)} seeds, plus the zero-shot reference")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="synth",
+                        help="recipe config and test splits (default: %(default)s)")
+    parser.add_argument("--grid", nargs="+", default=["main"], choices=sorted(GRIDS))
+    parser.add_argument("--variants", nargs="*", help="only these variants of the grid(s)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--steps", type=int, default=None, help="optim.max_steps per run (default: the config's)")
+    parser.add_argument("--config", default=None, help="recipe config (default: the preset's)")
+    parser.add_argument("--split", action="append", type=parse_bench, metavar="LABEL=MANIFEST:SPLIT",
+                        help="test on these, not the preset's splits (repeatable; the first is the in-domain one)")
+    parser.add_argument("--out", default="runs/ablate")
+    parser.add_argument("--parallel", type=int, default=1, help="runs at a time (threads are split between them)")
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers per run")
+    parser.add_argument("--eval-max-videos", type=int, default=None,
+                        help="evaluate on the first N videos of each split")
+    parser.add_argument("--override", action="append", default=[], help="extra key=value for every run")
+    parser.add_argument("--no-zero-shot", action="store_true", help="skip the zero-shot reference row")
+    parser.add_argument("--dry-run", action="store_true", help="print the runs and check their configs; train nothing")
+    parser.add_argument("--evaluate-run", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--zero-shot-run", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--splits-json", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.config = args.config or str(PRESETS[args.preset].config)
+    if args.evaluate_run:
+        evaluate_run(args.evaluate_run, json.loads(args.splits_json), args.eval_max_videos or 0)
+        return 0
+    if args.zero_shot_run:
+        zero_shot_run(args, args.zero_shot_run, json.loads(args.splits_json))
+        return 0
+    if args.dry_run:
+        return dry_run(args)
+
+    variants, run_of, jobs = plan(args)
+    splits = test_splits(args)
     threads = max(1, (os.cpu_count() or 1) // max(1, args.parallel))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -325,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(jobs)} runs ({len(variants)} variants x {len(args.seeds)} seeds"
           + (f"; {', '.join(f'{a} = {b}' for a, b in shared.items())}" if shared else "")
           + f"), {args.parallel} at a time -> {out}", flush=True)
+    zero_shot = None if args.no_zero_shot else evaluate_zero_shot(args, threads * max(1, args.parallel))
     results = []
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         futures = {pool.submit(train_and_evaluate, args, name, overrides, seed, threads): (name, seed)
@@ -340,17 +517,19 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
     by_run = results
     results = [{**r, "variant": name} for name, (run, _) in run_of.items() for r in by_run if r["variant"] == run]
-    table = aggregate(results, list(variants))
+    table = aggregate(results, list(variants), list(splits))
     run_seconds = sum(r.get("train_seconds", 0.0) for r in by_run)
     stem = "-".join(args.grid)
     table_json, table_md, plot_png = out / f"table-{stem}.json", out / f"table-{stem}.md", out / f"ood_gap-{stem}.png"
-    table_json.write_text(json.dumps({"table": table, "wall_seconds": time.time() - started,
-                                                "runs": len(by_run), "run_seconds_total": run_seconds,
-                                                "grids": args.grid, "seeds": args.seeds, "steps": args.steps,
-                                                "shared_runs": shared, "overrides": args.override}, indent=2) + "\n")
-    text = markdown(table, shared)
+    table_json.write_text(json.dumps({"table": table, "zero_shot": zero_shot, "splits": splits,
+                                      "wall_seconds": time.time() - started, "runs": len(by_run),
+                                      "run_seconds_total": run_seconds, "preset": args.preset,
+                                      "config": args.config, "grids": args.grid, "seeds": args.seeds,
+                                      "steps": args.steps, "shared_runs": shared, "overrides": args.override},
+                                     indent=2) + "\n")
+    text = markdown(table, splits, shared, zero_shot)
     table_md.write_text(text)
-    plot_gap(table, plot_png)
+    plot_gap(table, list(splits), plot_png)
     print(text)
     print(f"wall time {time.time() - started:.0f} s ({len(by_run)} runs took {run_seconds:.0f} s together, "
           f"train + evaluate); table: {table_md}; plot: {plot_png}")

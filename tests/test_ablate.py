@@ -10,9 +10,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_ablation_runner_end_to_end_and_resume(synth_small, tmp_path):
     out = tmp_path / "ablate"
+    splits = ["--split", f"in-domain={synth_small}:test", "--split", f"out-of-domain={synth_small}:test_ood"]
     command = [
         sys.executable, str(REPO / "eval" / "ablate.py"), "--grid", "main", "--variants", "baseline", "calm-vae",
-        "--seeds", "0", "--steps", "3", "--out", str(out), "--parallel", "2",
+        "--seeds", "0", "--steps", "3", "--out", str(out), "--parallel", "2", *splits,
         "--override", f"data.manifest={synth_small}", "--override", "data.synth.enabled=false",
         "--override", "data.frame_cache=null", "--override", "optim.batch_size=8",
         "--override", "data.tokenizer_vocab_size=200", "--override", "eval.every_steps=0",
@@ -34,6 +35,12 @@ def test_ablation_runner_end_to_end_and_resume(synth_small, tmp_path):
     assert not any(key.startswith("training/") for key in table["baseline"])
     text = (out / "table-main.md").read_text()
     assert text.count("| calm-vae |") == 3 and "### anchor branch at the last training step" in text  # in, out, anchors
+    # The reference row: the pretrained towers, untrained, on both splits (retrieval metrics only).
+    zero_shot = json.loads((out / "table-main.json").read_text())["zero_shot"]
+    assert set(zero_shot["splits"]) == {"in-domain", "out-of-domain"}
+    assert 0.0 <= zero_shot["splits"]["out-of-domain"]["t2v/R@1"] <= 100.0
+    assert "caption/CIDEr" not in zero_shot["splits"]["in-domain"]
+    assert text.count("zero-shot towers (reference)") == 2
     assert (out / "ood_gap-main.png").stat().st_size > 0
 
     # A second invocation finds every run finished and trains nothing.
@@ -58,7 +65,7 @@ def test_variants_that_build_the_same_model_share_one_run():
     key = lambda overrides: ablate.model_key("calmcap-tiny", overrides)  # noqa: E731
     grids = ablate.GRIDS
     # All 55 labels of the world's label set are the default CALM model; K=0 removes the branch like 'none'.
-    assert key(grids["anchors"]["K=55"]) == key(grids["main"]["calm-vae"]) == key(grids["labels"]["synth-world"])
+    assert key(grids["anchors"]["K=all"]) == key(grids["main"]["calm-vae"]) == key(grids["labels"]["synth-world"])
     assert key(grids["anchors"]["baseline"]) == key(grids["main"]["baseline"])
     distinct = [grids["main"][v] for v in grids["main"]] + [grids["anchors"]["K=30"], grids["labels"]["coco"]]
     assert len({key(o) for o in distinct}) == len(distinct)
@@ -76,7 +83,48 @@ def test_significance_is_welchs_t_test_over_seeds():
     table = ablate.aggregate(
         [{"variant": v, "seed": s, "splits": {"in-domain": {"t2v/R@1": x}, "out-of-domain": {}}}
          for v, values in (("baseline", [1.0, 1.1, 0.9]), ("calm-vae", [3.0, 3.1, 2.9])) for s, x in enumerate(values)],
-        ["baseline", "calm-vae"],
+        ["baseline", "calm-vae"], ["in-domain", "out-of-domain"],
     )
     result = table["calm-vae"]["in-domain/t2v/R@1"]
     assert abs(result["diff"] - 2.0) < 1e-9 and result["significant"] and result["p"] < 0.001
+
+
+def test_holm_correction_over_each_splits_table():
+    ablate = _ablate_module()
+    # Holm: sorted p (0.01, 0.02, 0.04) x (3, 2, 1) = (0.03, 0.04, 0.04), made monotone; NaN is no test.
+    adjusted = ablate.holm([0.04, 0.01, float("nan"), 0.02])
+    assert [round(x, 6) for x in (adjusted[1], adjusted[3], adjusted[0])] == [0.03, 0.04, 0.04]
+    assert adjusted[2] != adjusted[2]
+    # Three variants that each pass alone at p ~ 0.03 do not all survive the correction of one split's table.
+    runs = [{"variant": v, "seed": s, "splits": {"in-domain": {"t2v/R@1": x + shift, "caption/CIDEr": 1.0}}}
+            for v, shift in (("baseline", 0.0), ("a", 1.3), ("b", 1.3), ("c", 1.3))
+            for s, x in enumerate([1.0, 1.5, 0.5])]
+    table = ablate.aggregate(runs, ["baseline", "a", "b", "c"], ["in-domain"])
+    cell = table["a"]["in-domain/t2v/R@1"]
+    assert cell["p"] < 0.05 and cell["p_holm"] > cell["p"] and not cell["significant"]
+    # Identical CIDEr in every variant: an undefined test, outside the family.
+    assert table["a"]["in-domain/caption/CIDEr"]["p_holm"] != table["a"]["in-domain/caption/CIDEr"]["p_holm"]
+
+
+def test_paper_scale_grid_builds_its_runs_and_configs_without_data(tmp_path, capsys):
+    """The msrvtt preset (issue #12 part 6): calmcap-vitb32 from OpenAI's CLIP, MSR-VTT 1k-A and DiDeMo."""
+    ablate = _ablate_module()
+    out = tmp_path / "study"
+    assert ablate.main(["--preset", "msrvtt", "--grid", "main", "--out", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "study_msrvtt_vitb32.yaml" in printed
+    assert "data/msrvtt_9k/manifest.jsonl split test" in printed and "data/didemo/manifest.jsonl split test" in printed
+    lines = [line for line in printed.splitlines() if "_seed" in line.split(":")[0]]
+    assert len(lines) == 6 * 5  # six variants, five seeds
+    assert "30 runs for 6 variants x 5 seeds" in printed
+    assert any(line.startswith("calm-vae-grad-sp_seed4:") and "alignment.detach_text_dist=false" in line
+               for line in lines)
+    assert not any("data.synth" in line for line in lines)
+    assert not out.exists()  # a dry run writes nothing
+
+    import argparse
+
+    args = argparse.Namespace(config=str(ablate.PRESETS["msrvtt"].config), override=[], preset="msrvtt", split=None)
+    config = ablate.base_config(args)
+    assert config.model.name == "calmcap-vitb32" and "clip.pretrained=openai" in config.model.overrides
+    assert config.eval.every_steps == 0  # nothing is selected on the 1k-A test
