@@ -51,6 +51,7 @@ setup(
             "ruff>=0.17,<0.18",
             "fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.13",  # tests/test_serve*.py (the serve extra)
             "httpx>=0.24",  # FastAPI's TestClient; the serve load test's clients
+            "tensorboard>=2.14",  # tests/test_training.py: the recipe's TensorBoard tracker, its events read back
             "selenium>=4.11",  # tests/test_serve_browser.py drives headless Chromium (apt: chromium chromium-driver)
         ],
         "serve": [

@@ -8,6 +8,7 @@ dataclass check, so unknown keys and wrong types are errors that name the key.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +16,11 @@ from typing import Any, Literal
 from calmcap.config import DecodeOptions, apply_overrides, from_dict, to_dict
 from calmcap.errors import ConfigError
 from calmcap.losses import LossWeights
+
+# Experiment trackers a run can log to besides metrics.jsonl: the names accelerate's tracking API
+# takes (``Accelerator(log_with=...)``; accelerate.utils.LoggerType without "all", which would pick
+# whatever happens to be installed). tests/test_config.py checks the list against accelerate's.
+Tracker = Literal["aim", "clearml", "comet_ml", "dvclive", "mlflow", "swanlab", "tensorboard", "trackio", "wandb"]
 
 
 @dataclass
@@ -156,9 +162,32 @@ class TrainConfig:
     scst: SCSTConfig = field(default_factory=SCSTConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     log_every_steps: int = 10
+    # Where the logged values go besides metrics.jsonl (always written): accelerate trackers, e.g.
+    # [tensorboard] or [wandb, mlflow]; their files live under output_dir/trackers/ (issue #15).
+    trackers: list[Tracker] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return to_dict(self)
+
+    def tracker_config(self) -> dict[str, bool | int | float | str]:
+        """The settings as one flat mapping for a tracker's hyperparameter table.
+
+        Keys are dotted paths (``optim.lr``); values are what every tracker accepts there (TensorBoard's
+        hparams take only scalars and strings): lists become their JSON text and null becomes "null".
+        """
+        flat: dict[str, bool | int | float | str] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for key, sub in value.items():
+                    walk(f"{prefix}.{key}" if prefix else key, sub)
+            elif isinstance(value, (bool, int, float, str)):
+                flat[prefix] = value
+            else:  # lists and None
+                flat[prefix] = json.dumps(value)
+
+        walk("", self.to_json())
+        return flat
 
 
 def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:

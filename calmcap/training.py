@@ -163,11 +163,30 @@ def resolve_resume(output_dir: str | os.PathLike, resume: str | None) -> Path | 
     return path
 
 
+def check_resume_processes(path: str | os.PathLike, num_processes: int) -> None:
+    """Refuse a resume state that another number of processes saved (issue #15).
+
+    Each process draws ``optim.batch_size`` items a step from its own shard of the epoch's order,
+    so the step's batch, the shards and the batches already consumed in the epoch all depend on
+    the number of processes: continuing with another number would not be the run that was
+    started. States from before the marker recorded it are not checked.
+    """
+    from calmcap.errors import CheckpointError
+
+    saved = json.loads((Path(path) / COMPLETE_MARKER).read_text(encoding="utf-8") or "{}").get("num_processes")
+    if saved is not None and saved != num_processes:
+        raise CheckpointError(
+            f"{path}: saved by {saved} process(es), this run has {num_processes}; resuming with another number of "
+            f"processes would change each step's batch and data, so launch {saved} process(es) or use a new output_dir"
+        )
+
+
 def save_resume_state(accelerator: Any, output_dir: str | os.PathLike, step: int, keep: int) -> Path:
     """``accelerator.save_state`` into a temp directory, then rename and mark it complete.
 
     A kill at any moment leaves either the previous complete states or the new one: never a
-    directory that looks complete but is not. Old states beyond ``keep`` are removed.
+    directory that looks complete but is not. Old states beyond ``keep`` are removed. The
+    marker records the step and the number of processes (``check_resume_processes``).
     """
     root = checkpoint_root(output_dir)
     final = root / f"step_{step:08d}"
@@ -180,7 +199,8 @@ def save_resume_state(accelerator: Any, output_dir: str | os.PathLike, step: int
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / COMPLETE_MARKER).write_text(json.dumps({"step": step, "time": time.time()}) + "\n")
+        marker = {"step": step, "time": time.time(), "num_processes": accelerator.num_processes}
+        (tmp / COMPLETE_MARKER).write_text(json.dumps(marker) + "\n")
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -193,7 +213,6 @@ def save_resume_state(accelerator: Any, output_dir: str | os.PathLike, step: int
 # --------------------------------------------------------------------------- diagnostics
 
 
-@torch.no_grad()
 @torch.no_grad()
 def anchor_offset_statistics(model: torch.nn.Module) -> dict[str, float]:
     """How far the anchors moved from their label prompts: ``anchor/offset_norm`` (mean
@@ -278,20 +297,17 @@ def assert_finite(model: torch.nn.Module) -> None:
 
 
 class MetricsLog:
-    """Append-only JSON-lines log of training and evaluation metrics (main process)."""
+    """Append-only JSON-lines log of training and evaluation metrics (main process).
+
+    The always-on record of a run; the recipe sends the same values to the trackers the run
+    names (``trackers``, through accelerate's tracking API).
+    """
 
     def __init__(self, path: str | os.PathLike, enabled: bool = True) -> None:
         self.path = Path(path)
         self.enabled = enabled
-        self._tensorboard = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tensorboard = SummaryWriter(str(self.path.parent / "tensorboard"))
-            except ImportError:  # tensorboard not installed: the JSONL log is enough
-                self._tensorboard = None
 
     def write(self, step: int, values: dict[str, Any], kind: str = "train") -> None:
         if not self.enabled:
@@ -299,14 +315,6 @@ class MetricsLog:
         record = {"kind": kind, "step": step, "time": time.time(), **values}
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
-        if self._tensorboard is not None:
-            for key, value in values.items():
-                if isinstance(value, (int, float)):
-                    self._tensorboard.add_scalar(f"{kind}/{key}", value, step)
-
-    def close(self) -> None:
-        if self._tensorboard is not None:
-            self._tensorboard.close()
 
 
 def read_metrics_log(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -19,8 +19,10 @@ loop that calls them. The loop is written out in accelerate's idioms: ``accumula
 ``tokenizer.model``, ``metrics.jsonl``, ``curves.png``, ``bad_videos.txt`` (training videos that
 could not be decoded), ``checkpoints/step_*`` (resume states), ``best/`` (the best model by
 ``eval.metric``), ``model/`` (the exported final model: the best one, or the last when nothing
-was evaluated) and ``summary.json``. Exit status: 0 done, 2 a user error (a one-line message),
-143 stopped by SIGTERM/SIGINT after saving a resume state.
+was evaluated), ``summary.json`` and ``trackers/`` (the files of the ``trackers`` the run logs
+to through accelerate's ``init_trackers`` / ``log``, e.g. TensorBoard's events). Exit status: 0
+done, 2 a user error (a one-line message), 143 stopped by SIGTERM/SIGINT after saving a resume
+state.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import yaml
 from accelerate import Accelerator, skip_first_batches
-from accelerate.utils import set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
 
 from calmcap.checkpoint import read_generation, save_pretrained
@@ -65,6 +67,7 @@ from calmcap.training import (
     anchor_offset_statistics,
     anchor_statistics,
     assert_finite,
+    check_resume_processes,
     lr_lambda,
     parameter_groups,
     plot_training_curves,
@@ -81,6 +84,7 @@ logger = logging.getLogger("calmcap.train")
 
 EXIT_USER_ERROR = 2
 EXIT_SIGNALLED = 143  # 128 + SIGTERM, what a shell reports for a process the signal killed
+TRACKERS_DIR = "trackers"  # under output_dir: where file-based trackers (TensorBoard, Aim, ...) write
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -144,8 +148,19 @@ class Run:
 def setup(args: argparse.Namespace) -> Run:
     """Everything before the first step: config, data, tokenizer, model, optimiser, resume state."""
     cfg = load_train_config(args.config, args.overrides)
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.optim.grad_accum_steps)
+    check_trackers_installed(cfg.trackers)
     out = Path(cfg.output_dir)
+    # The scheduler is stepped by hand once per optimizer step: accelerate's default steps it once
+    # per process, which would run the warm-up and decay num_processes times too fast (issue #15).
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.optim.grad_accum_steps, step_scheduler_with_optimizer=False,
+        log_with=cfg.trackers or None,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / TRACKERS_DIR)),
+    )
+    # Checked before anything is built: a resume state saved by another number of processes is refused.
+    resume_from = resolve_resume(out, args.resume)
+    if resume_from is not None:
+        check_resume_processes(resume_from, accelerator.num_processes)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_json(), sort_keys=False), encoding="utf-8")
@@ -181,7 +196,12 @@ def setup(args: argparse.Namespace) -> Run:
 
     state = TrainState()
     accelerator.register_for_checkpointing(state)  # save_state/load_state carry it with the model and optimiser
-    resume(accelerator, state, out, args.resume)
+    resume(accelerator, state, out, resume_from)
+    # The run's name is the tracker project (TensorBoard: output_dir/trackers/<name>/); only the main
+    # process logs. A resumed run hides from TensorBoard what was logged after its state, as it drops
+    # those records from metrics.jsonl: the run logs them again.
+    init_kwargs = {"tensorboard": {"purge_step": state.step + 1}} if resume_from is not None else {}
+    accelerator.init_trackers(out.resolve().name, config=cfg.tracker_config(), init_kwargs=init_kwargs)
     log = MetricsLog(out / "metrics.jsonl", enabled=accelerator.is_main_process)
     n_params = sum(p.numel() for p in core.parameters() if p.requires_grad)
     logger.info("training %s (%s, %.2f M trainable) for %d steps (%d per epoch) on %d process(es)",
@@ -190,6 +210,16 @@ def setup(args: argparse.Namespace) -> Run:
                train_set=train_set, train_loader=train_loader, val_set=val_set, optimizer=optimizer,
                scheduler=scheduler, loss_fn=loss_fn, cider=cider, generation=generation, state=state, log=log,
                steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+
+
+def check_trackers_installed(trackers: list[str]) -> None:
+    """A tracker the config names but whose package is missing is an error (accelerate would skip it)."""
+    from accelerate.tracking import get_available_trackers
+
+    available = {str(tracker) for tracker in get_available_trackers()}
+    for name in trackers:
+        if name not in available:
+            raise CalmcapError(f"trackers: {name} is not installed (pip install {name}), or remove it from trackers")
 
 
 def generate_missing_data(cfg: TrainConfig, accelerator: Accelerator, image_size: int) -> None:
@@ -328,12 +358,11 @@ def build_optimizer(cfg: TrainConfig, model: CALMModel,
     return optimizer, scheduler
 
 
-def resume(accelerator: Accelerator, state: TrainState, out: Path, resume_arg: str | None) -> None:
-    """Load the resume state ``--resume`` names (model, optimiser, scheduler, RNGs, ``state``), if any.
+def resume(accelerator: Accelerator, state: TrainState, out: Path, resume_from: Path | None) -> None:
+    """Load the resume state ``--resume`` named (model, optimiser, scheduler, RNGs, ``state``), if any.
 
     ``metrics.jsonl`` loses its records after the resumed step: the run writes them again.
     """
-    resume_from = resolve_resume(out, resume_arg)
     if resume_from is None:
         return
     accelerator.load_state(str(resume_from))
@@ -428,8 +457,15 @@ def log_train_step(run: Run, step: StepOutput, batch: dict[str, Any], clips_per_
     values.update(lr=run.scheduler.get_last_lr()[-1], clips_per_second=clips_per_second,
                   logit_scale=core.retrieval.logit_scale.item(), epoch=run.state.epoch,
                   items=accelerator.gather(batch["item_index"]).tolist())
-    run.log.write(run.state.step, values)
+    log_metrics(run, values)
     return values
+
+
+def log_metrics(run: Run, values: dict[str, Any], kind: str = "train") -> None:
+    """One record in ``metrics.jsonl`` (always) and its numbers, as ``kind/key``, to the run's trackers."""
+    run.log.write(run.state.step, values, kind=kind)
+    scalars = {f"{kind}/{key}": value for key, value in values.items() if isinstance(value, (int, float))}
+    run.accelerator.log(scalars, step=run.state.step)  # a no-op without trackers; the main process alone logs
 
 
 def record_bad_videos(run: Run, messages: list[str]) -> None:
@@ -449,7 +485,7 @@ def evaluate_and_keep_best(run: Run) -> dict[str, float]:
                       captioning=run.captioning, decode=cfg.eval.decode, meteor=cfg.eval.meteor)
     metrics = dict(result.metrics)
     metrics["videos_skipped"] = result.counts["videos_skipped"]
-    run.log.write(state.step, metrics, kind="eval")
+    log_metrics(run, metrics, kind="eval")
     score = metrics.get(cfg.eval.metric)
     if score is None:
         raise CalmcapError(f"eval.metric {cfg.eval.metric!r} is not among the metrics: {', '.join(sorted(metrics))}")
@@ -553,7 +589,8 @@ def train(args: argparse.Namespace) -> int:
                     skip_non_finite_step(run, step.terms)
                     continue
                 optimizer.step()
-                scheduler.step()
+                if accelerator.sync_gradients:  # once per optimizer step (step_scheduler_with_optimizer=False)
+                    scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             if not accelerator.sync_gradients:
                 continue  # a micro-batch of an accumulated step: no optimizer step yet
@@ -574,6 +611,7 @@ def train(args: argparse.Namespace) -> int:
                 path = save_checkpoint(run)
                 logger.warning("stopped by a signal at step %d; resume with --resume latest (state: %s)",
                                state.step, path)
+                accelerator.end_training()
                 return EXIT_SIGNALLED
             if cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0:
                 save_checkpoint(run)
@@ -589,7 +627,6 @@ def train(args: argparse.Namespace) -> int:
         evaluate_and_keep_best(run)
     if accelerator.is_main_process:
         save_final(run)
-    run.log.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return 0

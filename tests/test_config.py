@@ -129,3 +129,42 @@ def test_decode_options_check_a_partial_set_as_far_as_it_goes():
         DecodeOptions.check_values({"num_return_sequences": 4, "num_beams": 3, "do_sample": False})
     with pytest.raises(ConfigError, match="num_beams"):
         DecodeOptions.check_values({"num_beams": 0, "top_p": None})
+
+
+def test_trackers_are_accelerates_names():
+    from typing import get_args
+
+    from accelerate.utils import LoggerType
+
+    from calmcap.train_config import Tracker
+
+    # "all" is left out: it would log to whatever happens to be installed.
+    assert set(get_args(Tracker)) == {str(t) for t in LoggerType} - {"all"}
+
+
+def test_trackers_are_checked_by_name(tmp_path):
+    from calmcap.train_config import load_train_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text("output_dir: runs/x\n")
+    assert load_train_config(path).trackers == []  # none by default: metrics.jsonl alone
+    assert load_train_config(path, ["trackers=[tensorboard, wandb]"]).trackers == ["tensorboard", "wandb"]
+    with pytest.raises(ConfigError, match=r"^.*run.yaml: trackers\[1\]: 'tensorbord' is not one of 'aim', "):
+        load_train_config(path, ["trackers=[wandb, tensorbord]"])
+    with pytest.raises(ConfigError, match=r"trackers: expected a list"):
+        load_train_config(path, ["trackers=tensorboard"])
+
+
+def test_tracker_config_is_flat_scalars_and_strings():
+    from calmcap.train_config import TrainConfig
+
+    cfg = TrainConfig()
+    cfg.model.overrides = ["alignment.variant=kl"]
+    cfg.trackers = ["tensorboard"]
+    flat = cfg.tracker_config()
+    assert all(type(value) in (bool, int, float, str) for value in flat.values())
+    assert flat["optim.lr"] == 1e-4 and flat["eval.decode.num_beams"] == cfg.eval.decode.num_beams
+    assert flat["data.synth.enabled"] is False and flat["model.init_from"] == "null"
+    assert flat["model.overrides"] == '["alignment.variant=kl"]' and flat["trackers"] == '["tensorboard"]'
+    assert flat["optim.betas"] == "[0.9, 0.98]"
+    assert "optim" not in flat and "eval.decode" not in flat  # sections are flattened, not kept as mappings

@@ -1,12 +1,15 @@
 """End to end: the Accelerate recipe on a small embedded benchmark, on CPU.
 
-Two processes must evaluate to exactly the numbers of one process, and a run killed after a
-checkpoint and resumed must end where an uninterrupted run ends, with the same data order.
+Two processes must evaluate to exactly the numbers of one process, two machines of one process
+each must train and evaluate exactly like two processes on one machine, and a run killed after
+a checkpoint and resumed must end where an uninterrupted run ends, with the same data order.
 """
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +21,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "train_caption.py"
 CONFIG = REPO / "recipes" / "configs" / "synth_tiny.yaml"
+ACCELERATE_CONFIGS = REPO / "recipes" / "accelerate"
 
 
 def _env():
@@ -27,12 +31,26 @@ def _env():
     return env
 
 
-def _launch_args(num_processes: int) -> list[str]:
-    args = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
-            "--dynamo_backend", "no", "--num_processes", str(num_processes)]
+def _launch_args(num_processes: int, num_machines: int = 1, machine_rank: int = 0, port: int = 29517) -> list[str]:
+    """``accelerate launch`` on CPU; ``num_processes`` counts every machine's processes together.
+
+    Several machines use the shipped ``multi_node.yaml`` with this machine's rank and the loopback
+    address in place of the ones to edit (options on the command line win over the file).
+    """
+    args = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", str(num_machines),
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--num_processes", str(num_processes)]
+    if num_machines > 1:
+        args += ["--config_file", str(ACCELERATE_CONFIGS / "multi_node.yaml"), "--machine_rank", str(machine_rank),
+                 "--main_process_ip", "127.0.0.1"]
     if num_processes > 1:
-        args += ["--multi_gpu", "--main_process_port", "29517"]
+        args += ["--multi_gpu", "--main_process_port", str(port)]
     return args
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _overrides(manifest, out, **extra):
@@ -65,15 +83,28 @@ def _records(out, kind):
     return [r for r in records if r["kind"] == kind]
 
 
-def test_two_processes_evaluate_exactly_like_one(synth_small, tmp_path):
+# The reference run of the multi-process tests: 2 processes on one machine, 4 steps, resume states
+# at steps 2 and 4, the final evaluation, and the TensorBoard tracker.
+TWO_PROCESS_SETTINGS = {"optim.max_steps": 4, "eval.every_steps": 0, "checkpoint.every_steps": 2,
+                        "trackers": "[tensorboard]"}
+
+
+@pytest.fixture(scope="module")
+def two_processes(synth_small, tmp_path_factory) -> Path:
+    """The output_dir of the reference run (read only: a test that resumes it works on a copy)."""
+    out = tmp_path_factory.mktemp("two_processes") / "run"
+    _run(_launch_args(2) + [str(RECIPE), "--config", str(CONFIG)]
+         + _overrides(synth_small, out, **TWO_PROCESS_SETTINGS))
+    return out
+
+
+def test_two_processes_evaluate_exactly_like_one(synth_small, two_processes):
     from calmcap.checkpoint import read_generation
     from calmcap.data.dataset import VideoCaptionDataset
     from calmcap.evaluation import DecodeOptions, evaluate
     from calmcap.models.calm import CALMModel
 
-    out = tmp_path / "run2"
-    _run(_launch_args(2) + [str(RECIPE), "--config", str(CONFIG)]
-         + _overrides(synth_small, out, **{"optim.max_steps": 4, "eval.every_steps": 0, "checkpoint.every_steps": 0}))
+    out = two_processes
     (final_eval,) = _records(out, "eval")
     train = _records(out, "train")
     assert [r["step"] for r in train] == [1, 2, 3, 4]
@@ -89,6 +120,132 @@ def test_two_processes_evaluate_exactly_like_one(synth_small, tmp_path):
     assert single.counts["videos"] == 7
     for key, value in single.metrics.items():
         assert final_eval[key] == value, key
+
+
+def test_the_schedule_counts_optimizer_steps_whatever_the_number_of_processes(two_processes):
+    """Warm-up and decay are in optimizer steps: accelerate's default would step the scheduler
+    once per process, and 2 processes would reach lr 0 at step 2 of 4 (issue #15)."""
+    from calmcap.training import lr_lambda
+
+    schedule = lr_lambda(warmup_steps=2, total_steps=4, schedule="cosine")
+    expected = [1e-3 * schedule(step) for step in (1, 2, 3, 4)]  # a record's lr is the next step's: [1, 1, 0.5, 0] e-3
+    assert [r["lr"] for r in _records(two_processes, "train")] == pytest.approx(expected)
+
+
+def test_two_machines_train_and_evaluate_exactly_like_two_processes(synth_small, two_processes, tmp_path):
+    """2 machines x 1 process on the loopback address (recipes/accelerate/multi_node.yaml), both
+    ranks launched at once: the same data per step, the same losses, the same evaluation."""
+    out = tmp_path / "two_machines"
+    port = _free_port()
+    command = [str(RECIPE), "--config", str(CONFIG)] + _overrides(synth_small, out, **TWO_PROCESS_SETTINGS)
+    logs = [tmp_path / f"machine{rank}.log" for rank in (0, 1)]  # files, not pipes: neither rank blocks on output
+    machines = []
+    try:
+        for rank, log in enumerate(logs):
+            args = _launch_args(2, num_machines=2, machine_rank=rank, port=port) + command
+            with log.open("w") as handle:
+                machines.append(subprocess.Popen(args, env=_env(), cwd=REPO, stdout=handle, stderr=subprocess.STDOUT,
+                                                 start_new_session=True))
+        deadline = time.time() + 600
+        # Until both are done, or one failed (the other would wait for it until the timeout).
+        while any(m.poll() is None for m in machines) and not any(m.returncode for m in machines):
+            assert time.time() < deadline, "the two machines did not finish"
+            time.sleep(0.2)
+    finally:
+        for machine in machines:
+            if machine.poll() is None:
+                os.killpg(machine.pid, signal.SIGKILL)
+                machine.wait()
+    for rank, (machine, log) in enumerate(zip(machines, logs, strict=True)):
+        assert machine.returncode == 0, f"machine {rank}: {log.read_text()[-4000:]}"
+
+    expected, got = _records(two_processes, "train"), _records(out, "train")
+    assert [r["step"] for r in got] == [1, 2, 3, 4]
+    for a, b in zip(expected, got, strict=True):
+        assert b["items"] == a["items"]
+        assert {k: v for k, v in b.items() if k.startswith("loss") or k == "lr"} == \
+            {k: v for k, v in a.items() if k.startswith("loss") or k == "lr"}
+    (expected_eval,), (got_eval,) = _records(two_processes, "eval"), _records(out, "eval")
+    assert {k: v for k, v in got_eval.items() if k != "time"} == {k: v for k, v in expected_eval.items() if k != "time"}
+
+
+def test_resuming_with_another_number_of_processes_is_refused(two_processes, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(two_processes, out)
+    # One process, without the launcher (which turns exit status 2 into 1 and adds its traceback).
+    # Refused before anything is built: the manifest is never read.
+    result = subprocess.run([sys.executable, str(RECIPE), "--config", str(CONFIG), "--resume", "latest"]
+                            + _overrides("unused.jsonl", out, **TWO_PROCESS_SETTINGS),
+                            env=_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 2, result.stderr[-4000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"train_caption: error: {out / 'checkpoints' / 'step_00000004'}: saved by 2 process(es), this run has 1; "
+        "resuming with another number of processes would change each step's batch and data, so launch 2 "
+        "process(es) or use a new output_dir"
+    )
+    assert _records(out, "train") == _records(two_processes, "train")  # nothing was touched
+
+
+def test_tensorboard_tracker_logs_what_metrics_jsonl_holds(two_processes):
+    """``trackers: [tensorboard]``: the main process alone writes events under output_dir/trackers/,
+    with the scalars of metrics.jsonl at their steps and the run's settings as hyperparameters."""
+    import numpy as np
+    import yaml
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logdir = two_processes / "trackers" / two_processes.name
+    assert len(list(logdir.glob("events.out.tfevents.*"))) == 1  # one writer: rank 0's
+    events = EventAccumulator(str(logdir), size_guidance={"scalars": 0})
+    events.Reload()
+    train, (final_eval,) = _records(two_processes, "train"), _records(two_processes, "eval")
+    for key in ("loss", "loss/caption", "loss/retrieval", "lr"):
+        logged = [(e.step, e.value) for e in events.Scalars(f"train/{key}")]
+        assert logged == [(r["step"], np.float32(r[key])) for r in train], key  # TensorBoard keeps float32
+    for key in ("caption/CIDEr", "t2v/R@1", "v2t/R@1"):
+        assert [(e.step, e.value) for e in events.Scalars(f"eval/{key}")] == [(4, np.float32(final_eval[key]))]
+    assert "train/items" not in events.Tags()["scalars"]  # not a number: metrics.jsonl alone keeps it
+    (hparams,) = logdir.glob("*/hparams.yml")
+    settings = yaml.safe_load(hparams.read_text())
+    assert settings["optim.max_steps"] == 4 and settings["trackers"] == '["tensorboard"]'
+    assert settings["eval.decode.max_length"] == 8 and settings["model.init_from"] == "null"
+
+
+def test_two_processes_resume_exactly_and_tensorboard_shows_each_step_once(two_processes, synth_small, tmp_path):
+    """Resumed from its step-2 state with the same 2 processes, the reference run logs steps 3 and 4
+    again with the same data and losses; TensorBoard hides the first writer's steps 3 and 4, as
+    metrics.jsonl drops their records."""
+    import numpy as np
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    shutil.copytree(two_processes, out)
+    state = out / "checkpoints" / "step_00000002"
+    _run(_launch_args(2) + [str(RECIPE), "--config", str(CONFIG), "--resume", str(state)]
+         + _overrides(synth_small, out, **TWO_PROCESS_SETTINGS))
+    expected, resumed = _records(two_processes, "train"), _records(out, "train")
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    for a, b in zip(expected, resumed, strict=True):
+        assert b["items"] == a["items"]
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6)
+    logdir = out / "trackers" / out.name
+    assert len(list(logdir.glob("events.out.tfevents.*"))) == 2  # the first run's writer and the resumed one's
+    events = EventAccumulator(str(logdir), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(r["step"], np.float32(r["loss"]))
+                                                                          for r in resumed]
+
+
+@pytest.mark.parametrize("name, distributed_type, num_machines", [
+    ("single_gpu", "NO", 1), ("multi_gpu", "MULTI_GPU", 1), ("multi_node", "MULTI_GPU", 2)])
+def test_the_shipped_accelerate_configs_load(name, distributed_type, num_machines):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(ACCELERATE_CONFIGS / f"{name}.yaml"))
+    assert config.distributed_type.value == distributed_type and config.num_machines == num_machines
+    assert config.use_cpu is False and config.mixed_precision == "bf16"
+    # The file starts with the command that runs it (as recipes/configs/ do), under its own name.
+    header = (ACCELERATE_CONFIGS / f"{name}.yaml").read_text().split("\ncompute_environment:")[0]
+    assert f"accelerate launch --config_file recipes/accelerate/{name}.yaml" in header
 
 
 def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
