@@ -66,5 +66,5 @@ setup(
             "opencv-python-headless>=4.8",  # the CLIP4Clip-style per-second loader in eval/bench_decode.py
         ],
     },
-    entry_points={"console_scripts": ["calmcap=calmcap.cli:main"]},
+    entry_points={"console_scripts": ["calmcap=calmcap.cli:entry"]},
 )

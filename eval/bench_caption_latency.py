@@ -12,6 +12,14 @@ clip (30 fps, a keyframe every 2 s) rendered by ``calmcap.data.video.encode_vide
    decoding starts in a background thread before torch is imported) and without (every stage
    in sequence), each in its own fresh process.
    Target (issue #5): everything after the imports under 1.5 x (decode + image tower).
+   Then **the command itself**: ``python -m calmcap.cli caption CLIP ...`` (what the ``calmcap``
+   console script runs) timed from spawn to exit by this process, against decode + image tower
+   of the sequential column. Target (issue #13): at most 3.5 x, stretch 3 x. Beside it, the same
+   command with the interpreter's normal exit (``calmcap.cli.main`` without ``leave``), to show
+   what the module teardown costs.
+   **Import breakdown**: fresh processes import torch, then open_clip, then transformers' GPT-2,
+   then calmcap's model code, each timed, with the garbage collector running as usual and
+   paused (what ``calmcap.pipeline.load_model`` does), alternating, ``--latency-repeats`` each.
 2. **Batch throughput.** One process loads the model once, then captions N copies of the clip
    (``--batch-videos``, default 8; copies decode exactly like distinct clips) with overlap off
    and on, alternating, ``--repeats`` times; videos/second after load, median.
@@ -145,6 +153,46 @@ def child_latency(args: argparse.Namespace) -> dict:
     }
 
 
+def child_imports(args: argparse.Namespace) -> dict:
+    """Import times, one library after the other, collector running (mode gc) or paused (mode paused)."""
+    import gc
+
+    if args.mode == "paused":
+        gc.disable()
+    times, start = {}, time.perf_counter()
+    import torch  # noqa: F401
+
+    times["torch"] = time.perf_counter() - start
+    mark = time.perf_counter()
+    import open_clip  # noqa: F401
+
+    times["open_clip (torchvision, torch._dynamo, transformers' base)"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    from transformers import GPT2LMHeadModel  # noqa: F401
+
+    times["transformers GPT-2 (modeling, generation)"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    from calmcap.checkpoint import read_generation  # noqa: F401
+    from calmcap.models.calm import CALMModel  # noqa: F401
+
+    times["calmcap model code"] = time.perf_counter() - mark
+    times["all"] = time.perf_counter() - start
+    return {"mode": args.mode, "times": times}
+
+
+def command_wall(model: Path, clip: Path, threads: int, teardown: bool) -> float:
+    """Spawn-to-exit seconds of ``calmcap caption`` (``python -m calmcap.cli``; teardown: a normal exit)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false")
+    program = (["-c", "import sys; from calmcap.cli import main; sys.exit(main())"] if teardown
+               else ["-m", "calmcap.cli"])
+    start = time.perf_counter()
+    subprocess.run([sys.executable, *program, "caption", str(clip), "--model", str(model),
+                    "--num-frames", str(NUM_FRAMES), "--num-beams", str(NUM_BEAMS), "--max-length", str(MAX_LENGTH)],
+                   env=env, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
 def child_batch(args: argparse.Namespace) -> dict:
     """Throughput over N clips, overlap off and on alternating, after one model load."""
     import torch
@@ -204,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-batch", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     # internal: the measured child processes
-    parser.add_argument("--child", choices=("latency", "batch"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("latency", "batch", "imports"), help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="overlap", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--clip", help=argparse.SUPPRESS)
@@ -214,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.child:
-        data = child_latency(args) if args.child == "latency" else child_batch(args)
+        data = {"latency": child_latency, "batch": child_batch, "imports": child_imports}[args.child](args)
         Path(args.child_out).write_text(json.dumps(data))
         return 0
 
@@ -232,6 +280,36 @@ def main(argv: list[str] | None = None) -> int:
         print("## Captioning one 720p clip (calmcap-vitb32, random weights, 12 frames, beam 3, "
               f"{args.threads} threads), one fresh process per column\n")
         print(latency_table([latency["sequential"], latency["overlap"]]))
+
+        work_s = latency["sequential"]["stats"]["decode_seconds"] + latency["sequential"]["stats"]["tower_seconds"]
+        walls: dict[str, list[float]] = {"command": [], "command, normal exit": []}
+        for _ in range(args.latency_repeats):
+            walls["command"].append(command_wall(model_dir, clip, args.threads, teardown=False))
+            walls["command, normal exit"].append(command_wall(model_dir, clip, args.threads, teardown=True))
+        latency["command"] = {name: {"runs": values, "median": sorted(values)[len(values) // 2],
+                                     "ratio": sorted(values)[len(values) // 2] / work_s}
+                              for name, values in walls.items()}
+        latency["command"]["decode_plus_tower_seconds"] = work_s
+        print(f"\n## `calmcap caption` from spawn to exit, median of {args.latency_repeats}\n")
+        print("| process | wall (s) | x (decode + image tower) |")
+        print("|---|---:|---:|")
+        for name in walls:
+            row = latency["command"][name]
+            print(f"| {name} | {row['median']:.2f} | {row['ratio']:.2f} |")
+        print(f"| decode + image tower (sequential column) | {work_s:.2f} | 1.00 |")
+        print("\ntarget (issue #13): at most 3.5 x, stretch 3 x")
+
+        imports: dict[str, list[dict]] = {"gc": [], "paused": []}
+        for _ in range(args.latency_repeats):
+            for mode in imports:
+                imports[mode].append(run_child(["imports", "--mode", mode], args.threads)["times"])
+        latency["imports"] = {mode: {key: sorted(r[key] for r in runs)[len(runs) // 2] for key in runs[0]}
+                              for mode, runs in imports.items()}
+        print(f"\n## Import breakdown (fresh processes, one after the other, median of {args.latency_repeats})\n")
+        print("| import | collector running (s) | collector paused (s) |")
+        print("|---|---:|---:|")
+        for key in latency["imports"]["gc"]:
+            print(f"| {key} | {latency['imports']['gc'][key]:.2f} | {latency['imports']['paused'][key]:.2f} |")
 
     batch = None
     if not args.skip_batch:

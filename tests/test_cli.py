@@ -267,3 +267,51 @@ def test_check_and_cache_parse_their_arguments(synth_small, tmp_path, capsys):
         main(["check", "--no-such-option"])
     assert exit_info.value.code == 2
     assert "calmcap check" in capsys.readouterr().err
+
+
+def test_the_program_leaves_without_module_teardown_but_runs_atexit_and_flushes(tmp_path):
+    """calmcap.cli.leave (issue #13): os._exit after atexit's handlers and a flush, only when safe."""
+    script = (
+        "import atexit, sys, threading\n"
+        "from calmcap.cli import leave\n"
+        "if sys.argv[1] == 'torch':\n"
+        "    import torch\n"
+        "if sys.argv[1] == 'thread':\n"
+        "    import torch\n"
+        "    threading.Thread(target=lambda: __import__('time').sleep(0.3)).start()\n"
+        "atexit.register(lambda: print('atexit ran'))\n"
+        "print('buffered', end=' ')\n"
+        "leave(3)\n"
+        "print('returned', end=' ')\n"
+        "sys.exit(4)\n"
+    )
+
+    def run(mode):
+        return subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, timeout=120)
+
+    fast = run("torch")  # torch imported, no other thread: leaves here, with the atexit output and the buffer
+    assert (fast.returncode, fast.stdout) == (3, "buffered atexit ran\n")
+    for mode in ("none", "thread"):  # nothing to gain, or a non-daemon thread still running: a normal exit
+        normal = run(mode)
+        assert (normal.returncode, normal.stdout) == (4, "buffered returned atexit ran\n"), mode
+
+
+def test_imports_pause_the_collector_and_restore_it():
+    import gc
+
+    from calmcap.pipeline.loading import collector_paused
+
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), collector_paused():
+        raise RuntimeError("an import failed")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()  # left as the caller had it
+    finally:
+        gc.enable()

@@ -11,14 +11,18 @@ imports no subcommand's dependencies (a subcommand's arguments are added when it
 argument errors answer instantly. Errors meant for users (:class:`CalmcapError`) are printed as
 one line ``calmcap: error: ...`` with exit status 2 (as argparse's usage errors); ``--debug``
 shows the traceback. Commands that process many videos list the bad ones on stderr as
-``path: reason``, finish the others, and exit with status 1.
+``path: reason``, finish the others, and exit with status 1. The program (:func:`entry`) ends
+without tearing down the modules it imported (see :func:`leave`).
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
+import os
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -117,4 +121,34 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-__all__ = ["LazyArgumentParser", "build_parser", "main"]
+def leave(code: int) -> None:
+    """End the process with ``code`` now, skipping the interpreter's teardown of its modules.
+
+    Once torch, open_clip and transformers are imported, Python's exit spends 1.2-1.3 s on 2
+    cores freeing their modules one object at a time (issue #13, BENCHMARKS.md "Cold start"),
+    after the command's work is done. The program leaves as a normal exit would, minus that: the
+    ``atexit`` handlers run (logging's flush, temporary directories' finalizers), stdout and
+    stderr are flushed, then ``os._exit``. A process still running other non-daemon threads, or
+    one that imported no torch (nothing to gain), exits normally: this returns.
+    """
+    if "torch" not in sys.modules or not hasattr(atexit, "_run_exitfuncs"):
+        return
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        return
+    atexit._run_exitfuncs()  # what interpreter shutdown would run; the teardown after it is what we skip
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (calmcap ... | head): nothing more to deliver
+            code = code or 1
+    os._exit(code)
+
+
+def entry() -> int:
+    """The ``calmcap`` program (console script and ``python -m calmcap.cli``): :func:`main`, then :func:`leave`."""
+    code = main()
+    leave(code)
+    return code
+
+
+__all__ = ["LazyArgumentParser", "build_parser", "entry", "leave", "main"]

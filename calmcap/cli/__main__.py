@@ -2,7 +2,7 @@
 
 import sys
 
-from calmcap.cli import main
+from calmcap.cli import entry
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

@@ -8,10 +8,13 @@ directory). Checkpoints stay loaded per (path, device) while their weights file 
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -135,6 +138,24 @@ def _check_device(device: str) -> None:
         raise CalmcapError(f"device {device!r} requested but MPS is not available on this machine")
 
 
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for a block (re-enabled after, if it was on).
+
+    Importing torch, open_clip and transformers allocates a few million long-lived objects, and
+    the collector's full passes over the growing heap took 0.6-1.2 s of a 3.5-5 s import on 2
+    cores (issue #13, BENCHMARKS.md "Cold start"). Nothing an import allocates is garbage, so
+    the collection can wait until the imports are done.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def load_model(model: ModelLike = None, device: str = "cpu", stats: PipelineStats | None = None) -> LoadedModel:
     """A model in eval mode with its checkpoint's path and decoding: ``model`` itself when already
     loaded, else the checkpoint it names (see the module docstring).
@@ -145,11 +166,12 @@ def load_model(model: ModelLike = None, device: str = "cpu", stats: PipelineStat
     start = time.perf_counter()
     try:
         # torch, open_clip and transformers: the slow part of any command (timed as "imports").
-        import open_clip  # noqa: F401
-        from transformers import GPT2LMHeadModel  # noqa: F401
+        with collector_paused():
+            import open_clip  # noqa: F401
+            from transformers import GPT2LMHeadModel  # noqa: F401
 
-        from calmcap.checkpoint import read_generation
-        from calmcap.models.calm import CALMModel
+            from calmcap.checkpoint import read_generation
+            from calmcap.models.calm import CALMModel
     except ImportError as error:  # pragma: no cover - broken installs
         raise CalmcapError(f"cannot import the model code ({error}); reinstall calmcap") from None
     imported = time.perf_counter()
