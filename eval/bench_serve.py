@@ -57,10 +57,12 @@ def child_env(threads: int) -> dict[str, str]:
 class Server:
     """``calmcap serve`` in a child process on a free loopback port."""
 
-    def __init__(self, model: Path, max_batch_size: int, queue_size: int, threads: int) -> None:
+    def __init__(self, model: Path, max_batch_size: int, queue_size: int, threads: int,
+                 extra: list[str] | None = None) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "calmcap.cli", "serve", "--model", str(model), "--port", "0",
-             "--max-batch-size", str(max_batch_size), "--queue-size", str(queue_size), "--log-level", "info"],
+             "--max-batch-size", str(max_batch_size), "--queue-size", str(queue_size), "--log-level", "info",
+             *(extra or [])],
             cwd=REPO, env=child_env(threads), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         ready = threading.Event()
@@ -132,13 +134,21 @@ def concurrent_run(server: Server, clips: list[Path], clients: int, fields: dict
                     clip = pending.pop(0)
                 results[str(clip)] = post_clip(http, clip, fields)
 
+    import psutil
+
+    server_process = psutil.Process(server.process.pid)
+    cpu_before = sum(server_process.cpu_times()[:2])  # user + system, every thread of the server
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
         for future in [pool.submit(client) for _ in range(clients)]:
             future.result()
     wall = time.perf_counter() - start
+    cpu = sum(server_process.cpu_times()[:2]) - cpu_before
     sizes = [r["batch_size"] for r in results.values()]
+    # CPU seconds per video and cores kept busy: a run near os.cpu_count() busy cores is CPU-bound,
+    # and more videos/s then needs less work per video, not more overlap.
     return {"clients": clients, "videos": len(clips), "wall_seconds": wall, "videos_per_second": len(clips) / wall,
+            "server_cpu_seconds_per_video": cpu / len(clips), "server_cores_busy": cpu / wall,
             "batch_sizes": {str(b): sizes.count(b) for b in sorted(set(sizes))},
             "median_round_trip": statistics.median(r["round_trip"] for r in results.values()),
             "captions": {clip: r["caption"] for clip, r in results.items()}}
@@ -166,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clip", default=None, help="a clip instead of the 720p one")
     parser.add_argument("--out", default="bench_serve.json", help="JSON results")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--server-arg", action="append", default=[], help="an extra `calmcap serve` argument")
     parser.add_argument("--requests", type=int, default=10, help="warm-latency requests (median reported)")
     parser.add_argument("--videos", type=int, default=16, help="copies of the clip in the concurrency runs")
     parser.add_argument("--clients", type=int, default=8)
@@ -189,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             copy.write_bytes(clip.read_bytes())
         copies.append(copy)
 
-    server = Server(model_dir, args.max_batch_size, queue_size=4 * args.clients, threads=args.threads)
+    server = Server(model_dir, args.max_batch_size, queue_size=4 * args.clients, threads=args.threads,
+                    extra=args.server_arg)
     try:
         latency = warm_latency(server, clip, args.requests, fields)
         together = concurrent_run(server, copies, args.clients, fields)
@@ -211,13 +223,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {latency[key]:.3f} |")
     print(f"\nround trip / (decode + image tower) = {latency['round_trip_over_decode_plus_tower']:.2f}")
     print(f"\n## Throughput: {args.videos} copies of the clip\n")
-    print("| how | videos/s | batch sizes | captions differing from `calmcap caption` |\n|---|---:|---|---:|")
-    print(f"| {args.clients} concurrent clients | {together['videos_per_second']:.2f} | {together['batch_sizes']} "
-          f"| {together['captions_differing_from_cli']} |")
-    print(f"| one client, one at a time | {alone['videos_per_second']:.2f} | {alone['batch_sizes']} "
-          f"| {alone['captions_differing_from_cli']} |")
+    print("| how | videos/s | server CPU s / video | cores busy | batch sizes | captions differing from "
+          "`calmcap caption` |\n|---|---:|---:|---:|---|---:|")
+    for name, run in ((f"{args.clients} concurrent clients", together), ("one client, one at a time", alone)):
+        print(f"| {name} | {run['videos_per_second']:.2f} | {run['server_cpu_seconds_per_video']:.2f} "
+              f"| {run['server_cores_busy']:.2f} | {run['batch_sizes']} | {run['captions_differing_from_cli']} |")
     rate = f"{batch['videos_per_second']:.2f}" if batch["videos_per_second"] else "?"
-    print(f"| `calmcap caption --batch-size {args.max_batch_size}` (after load) | {rate} | — | — |")
+    print(f"| `calmcap caption --batch-size {args.max_batch_size}` (after load) | {rate} | — | — | — | — |")
 
     result = {
         "benchmark": "serve",

@@ -350,3 +350,19 @@ def test_score_captions_formats_and_mismatch(synth_small):
         score_captions(dict(list(preds.items())[:4]), refs, use_java=False)
     with pytest.raises(CalmcapError, match="--split applies to manifest"):
         load_references({"a": ["b"]}, "test")
+
+
+def test_explain_clip_of_a_decoded_clip_is_explain_video_of_its_file(tiny_checkpoint, synth_small):
+    """explain_video = decode + explain_clip (calmcap serve decodes beside the model, then explains the clip)."""
+    from calmcap.errors import VideoDecodeError
+    from calmcap.pipeline import DecodedClip, decode_clip, explain_clip, explain_video, frame_settings, load_model
+
+    video = manifest_videos(synth_small, "test")[0]
+    loaded = load_model(tiny_checkpoint)
+    num_frames, image_size = frame_settings(loaded.model, None)
+    from_file = explain_video(video, loaded, caption="a red circle", top_k=5)
+    from_clip = explain_clip(decode_clip(video, num_frames, image_size), loaded, caption="a red circle", top_k=5)
+    assert from_clip.to_json() == from_file.to_json()
+    assert len(from_clip.video) == 5 and from_clip.caption_source == "given"
+    with pytest.raises(VideoDecodeError, match="truncated"):
+        explain_clip(DecodedClip(index=0, path="x.mp4", error="truncated"), loaded)

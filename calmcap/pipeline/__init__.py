@@ -43,7 +43,7 @@ from calmcap.pipeline.caption import (
     iter_captions,
 )
 from calmcap.pipeline.evaluate import DataSpec, evaluate_checkpoint
-from calmcap.pipeline.explain import AnchorExplanation, explain_video
+from calmcap.pipeline.explain import AnchorExplanation, check_explainable, explain_clip, explain_video
 from calmcap.pipeline.features import encode_clips, encode_video_file
 from calmcap.pipeline.inputs import VIDEO_EXTENSIONS, expand_video_inputs, resolve_manifest
 from calmcap.pipeline.loading import (
@@ -82,12 +82,14 @@ __all__ = [
     "caption_clips",
     "caption_video",
     "caption_videos",
+    "check_explainable",
     "clip_batches",
     "decode_clip",
     "encode_clips",
     "encode_video_file",
     "evaluate_checkpoint",
     "expand_video_inputs",
+    "explain_clip",
     "explain_video",
     "frame_settings",
     "iter_captions",

@@ -1,4 +1,8 @@
-"""Explaining a video through its class anchors (the paper's qualitative figure): :func:`explain_video`."""
+"""Explaining a video through its class anchors (the paper's qualitative figure).
+
+:func:`explain_video` takes a file; :func:`explain_clip` an already decoded clip (what ``calmcap
+serve`` runs on its model thread, having decoded the upload beside it).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from calmcap.errors import CalmcapError
+from calmcap.errors import CalmcapError, VideoDecodeError
 from calmcap.pipeline.caption import CaptionOptions
-from calmcap.pipeline.features import encode_video_file
-from calmcap.pipeline.loading import ModelLike, load_model
+from calmcap.pipeline.features import encode_clips
+from calmcap.pipeline.loading import LoadedModel, ModelLike, frame_settings, load_model
+from calmcap.pipeline.prefetch import DecodedClip, decode_clip
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+
+    from calmcap.models.calm import CALMModel
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -49,6 +56,23 @@ class AnchorExplanation:
         }
 
 
+def check_explainable(network: CALMModel, top_k: int = 10, out_png: PathLike | None = None) -> None:
+    """Raise :class:`CalmcapError` unless ``network`` can be explained this way (before any decoding).
+
+    A baseline model has no anchor branch; ``top_k`` must be positive; the chart's file name must
+    say a format matplotlib writes.
+    """
+    if network.anchor_bank is None:
+        raise CalmcapError(
+            f"this model has no anchor branch (alignment.variant={network.config.alignment.variant!r}, "
+            f"{len(network.labels)} anchors): a baseline has no anchor distribution to explain"
+        )
+    if top_k < 1:
+        raise CalmcapError(f"top_k must be at least 1, got {top_k}")
+    if out_png is not None and Path(out_png).suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
+        raise CalmcapError(f"{out_png}: the chart is written as .png, .pdf, .svg or .jpg; name the file accordingly")
+
+
 def explain_video(
     video: PathLike,
     model: ModelLike = None,
@@ -62,23 +86,37 @@ def explain_video(
 ) -> AnchorExplanation:
     """Top anchors of a video's anchor distribution and of its caption's (given, else generated).
 
-    Raises :class:`CalmcapError` for a baseline model without the anchor branch. With
-    ``out_png`` a bar chart is written there (:func:`calmcap.reports.plot_anchor_explanation`).
+    Raises :class:`CalmcapError` for a baseline model without the anchor branch and
+    :class:`VideoDecodeError` for a video that cannot be decoded. With ``out_png`` a bar chart
+    is written there (:func:`calmcap.reports.plot_anchor_explanation`).
     """
+    loaded = load_model(model, device)
+    check_explainable(loaded.model, top_k, out_png)
+    frames, image_size = frame_settings(loaded.model, num_frames)
+    clip = decode_clip(video, frames, image_size)
+    if clip.error is not None:
+        raise VideoDecodeError(str(video), clip.error)
+    return explain_clip(clip, loaded, caption=caption, top_k=top_k, out_png=out_png, options=options)
+
+
+def explain_clip(
+    clip: DecodedClip,
+    model: ModelLike = None,
+    *,
+    caption: str | None = None,
+    top_k: int = 10,
+    out_png: PathLike | None = None,
+    options: CaptionOptions | None = None,
+) -> AnchorExplanation:
+    """:func:`explain_video` of a decoded clip (``clip.video`` [T, 3, S, S]; its path names it)."""
     import torch
 
-    loaded = load_model(model, device)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
     network = loaded.model
-    if network.anchor_bank is None:
-        raise CalmcapError(
-            f"this model has no anchor branch (alignment.variant={network.config.alignment.variant!r}, "
-            f"{len(network.labels)} anchors): a baseline has no anchor distribution to explain"
-        )
-    if top_k < 1:
-        raise CalmcapError(f"top_k must be at least 1, got {top_k}")
-    if out_png is not None and Path(out_png).suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
-        raise CalmcapError(f"{out_png}: the chart is written as .png, .pdf, .svg or .jpg; name the file accordingly")
-    features, mask = encode_video_file(network, video, num_frames)
+    check_explainable(network, top_k, out_png)
+    if clip.video is None:
+        raise VideoDecodeError(clip.path, clip.error or "the clip was not decoded")
+    features, mask = encode_clips(network, [clip], None)
     with torch.inference_mode():
         video_dist = network.video_distribution(features, mask)[0].float()
         predicted = None
@@ -98,7 +136,7 @@ def explain_video(
         return [(labels[int(i)], float(v)) for v, i in zip(values.tolist(), indices.tolist(), strict=True)]
 
     explanation = AnchorExplanation(
-        video_path=str(video), caption_text=caption, caption_source=source, num_anchors=len(labels),
+        video_path=clip.path, caption_text=caption, caption_source=source, num_anchors=len(labels),
         video=top(video_dist), predicted=top(predicted) if predicted is not None else None, caption=top(text_dist),
         overlap=[],
     )

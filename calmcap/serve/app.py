@@ -199,20 +199,18 @@ def create_app(state: ServeState) -> FastAPI:
               openapi_extra={"requestBody": multipart_schema(ExplainFields)},
               responses=_errors(400, 408, 413, 415, 422, 503))
     async def explain(request: Request) -> dict[str, Any]:
-        from calmcap.pipeline import explain_video
+        from calmcap.pipeline import check_explainable, decode_clip, explain_clip, frame_settings
 
         async with admitted_upload(request) as (upload, deadline):
             fields = _fields(ExplainFields, upload)
-
-            def run(loaded: Any) -> Any:
-                # Decodes on the model's thread: explain_video takes a file, not a decoded clip.
-                return explain_video(upload.path, loaded, caption=fields.caption, top_k=fields.top_k,
-                                     num_frames=fields.num_frames, device=settings.device)
-
-            try:
-                explanation = await within(deadline, asyncio.wrap_future(state.batcher.call(run)), "explaining")
-            except VideoDecodeError as error:
-                raise HTTPException(422, f"{upload.filename}: {_reason(error.reason, upload)}") from None
+            check_explainable(state.loaded.model, fields.top_k)  # a baseline is refused before decoding
+            num_frames, image_size = frame_settings(state.loaded.model, fields.num_frames)
+            # Decoded beside the model, as captions are; the model's thread only runs the model.
+            clip = await within(deadline, run_in_pool(decode_clip, upload.path, num_frames, image_size), "decoding")
+            if clip.error is not None:
+                raise HTTPException(422, f"{upload.filename}: {_reason(clip.error, upload)}")
+            explanation = await within(deadline, asyncio.wrap_future(state.batcher.call(
+                lambda loaded: explain_clip(clip, loaded, caption=fields.caption, top_k=fields.top_k))), "explaining")
         answer = explanation.to_json()
         answer["video"] = upload.filename
         return answer
