@@ -115,7 +115,8 @@ def model_key(model_name: str, overrides: list[str]) -> str:
     """The resolved model configuration of a variant: variants that resolve alike share runs.
 
     Without the anchor branch (variant ``none`` or K=0) the anchor and alignment settings
-    build nothing, so they are left out of the key.
+    build nothing, so they are left out of the key; with ``S_p`` detached (the default) direct
+    cross-entropy is direct KL.
     """
     from calmcap.config import get_model_config
 
@@ -124,6 +125,10 @@ def model_key(model_name: str, overrides: list[str]) -> str:
     if not config.use_anchors:
         data.pop("anchors")
         data.pop("alignment")
+    elif config.alignment.detach_text_dist and config.alignment.variant == "ce":
+        # With S_p detached, -sum S_p log V_p and KL(S_p || V_p) differ by S_p's entropy, a
+        # constant: the same gradients, bit for bit (measured: identical runs). One run serves both.
+        data["alignment"]["variant"] = "kl"
     return json.dumps(data, sort_keys=True)
 
 
