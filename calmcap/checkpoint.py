@@ -24,8 +24,9 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,9 +41,6 @@ from calmcap.constants import (
 )
 from calmcap.errors import CheckpointError, ConfigError
 from calmcap.version import __version__
-
-if TYPE_CHECKING:  # pragma: no cover
-    from calmcap.models.calm import CALMModel  # at run time it imports this module (a known cycle)
 
 logger = logging.getLogger(__name__)
 
@@ -83,12 +81,13 @@ def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_pretrained(
-    model: CALMModel,
+    model: Any,
     path: str | os.PathLike,
     *,
     generation: DecodeOptions | None = None,
 ) -> Path:
-    """Write ``model`` to directory ``path`` atomically (:func:`calmcap.atomic.atomic_path`).
+    """Write ``model`` (a :class:`~calmcap.models.calm.CALMModel`: its ``config``, ``labels``,
+    ``tokenizer`` and tensors) to directory ``path`` atomically (:func:`calmcap.atomic.atomic_path`).
 
     ``generation``: the decoding the model was validated with, saved as config.json's
     ``generation`` so that callers who set nothing decode the same way (:func:`read_generation`).
@@ -188,14 +187,21 @@ def read_checkpoint_config(path: str | os.PathLike) -> ModelConfig:
         raise CheckpointError(f"{config_path}: {error}") from None
 
 
-def load_pretrained(path: str | os.PathLike, device: str | torch.device = "cpu") -> CALMModel:
-    """Rebuild a :class:`CALMModel` from a checkpoint directory, exactly as it was saved."""
+def load_pretrained(
+    path: str | os.PathLike,
+    build: Callable[[ModelConfig, Sequence[str], Any], nn.Module],
+    device: str | torch.device = "cpu",
+) -> Any:
+    """Rebuild a model from a checkpoint directory, exactly as it was saved.
+
+    ``build(config, labels, tokenizer)`` makes the model, called on the meta device (no weights
+    are initialised); the saved tensors are then assigned in. Use
+    :meth:`calmcap.models.calm.CALMModel.from_pretrained`, which passes its own constructor.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from calmcap.labels import parse_labels
-    from calmcap.models.calm import CALMModel
-    from calmcap.models.encoders import build_clip
     from calmcap.tokenizer import CaptionTokenizer
 
     path = Path(path)
@@ -228,7 +234,7 @@ def load_pretrained(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise CheckpointError(f"{weights_path}: cannot be read as safetensors ({error})") from None
 
     with torch.device("meta"):
-        model = CALMModel(config, labels, tokenizer, clip_model=build_clip(config.clip, config.image_size, meta=True))
+        model = build(config, labels, tokenizer)
     _assign_tensors(model, tensors, weights_path)
     model.to(device)
     model.eval()

@@ -62,7 +62,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from calmcap.data.manifest import ManifestEntry
     from calmcap.evaluation import EvalResult
     from calmcap.models.calm import CALMModel
-    from calmcap.pipeline.explain import AnchorExplanation
 
 logger = logging.getLogger(__name__)
 
@@ -508,7 +507,8 @@ def caption_metrics_table(metrics: dict[str, float], markdown: bool = False) -> 
 # ============================================================================ plots
 
 
-def _figure(width: float, height: float) -> Any:
+def new_figure(width: float, height: float) -> Any:
+    """A matplotlib figure drawn off-screen (Agg), ``width`` x ``height`` inches at 110 dpi."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -533,7 +533,7 @@ def _recall_curve(ranks: Sequence[int], num_candidates: int) -> tuple[list[int],
 
 def plot_recall_at_k(rows: Sequence[EvalRow], path: str | os.PathLike) -> Path:
     """Recall@K (percent) against K on a log axis: text-to-video and video-to-text panels, a curve per row."""
-    figure = _figure(10, 4)
+    figure = new_figure(10, 4)
     for i, (direction, title) in enumerate((("t2v", "text-to-video"), ("v2t", "video-to-text"))):
         ax = figure.add_subplot(1, 2, i + 1)
         for row in rows:
@@ -561,7 +561,7 @@ def plot_rank_histogram(rows: Sequence[EvalRow], path: str | os.PathLike) -> Pat
     """Histogram of the correct item's rank (log-spaced bins), t2v and v2t panels, one outline per row."""
     import numpy as np
 
-    figure = _figure(10, 4)
+    figure = new_figure(10, 4)
     panels = (("t2v", "text-to-video: rank of the video"), ("v2t", "video-to-text: rank of the best caption"))
     for i, (direction, title) in enumerate(panels):
         ax = figure.add_subplot(1, 2, i + 1)
@@ -590,34 +590,6 @@ def plot_rank_histogram(rows: Sequence[EvalRow], path: str | os.PathLike) -> Pat
     return Path(path)
 
 
-def plot_anchor_explanation(explanation: AnchorExplanation, path: str | os.PathLike) -> Path:
-    """Bar charts of the top anchors: the video's ``V_p``, the VAE's ``S_p_hat``, the caption's ``S_p``."""
-    panels = [("video  $V_p$", explanation.video)]
-    if explanation.predicted is not None:
-        panels.append(("caption predicted by the VAE  $\\hat S_p$", explanation.predicted))
-    panels.append((f"{explanation.caption_source} caption  $S_p$", explanation.caption))
-    k = max(len(values) for _, values in panels)
-    figure = _figure(4.2 * len(panels), 1.2 + 0.32 * k)
-    shared = set(explanation.overlap)
-    for i, (title, values) in enumerate(panels):
-        ax = figure.add_subplot(1, len(panels), i + 1)
-        labels = [label for label, _ in values][::-1]
-        probs = [100.0 * p for _, p in values][::-1]
-        colors = ["tab:orange" if label in shared else "tab:blue" for label in labels]
-        ax.barh(range(len(labels)), probs, color=colors)
-        ax.set_yticks(range(len(labels)))
-        ax.set_yticklabels([label if len(label) <= 32 else label[:31] + "…" for label in labels], fontsize=8)
-        ax.set_xlabel("probability (%)")
-        ax.set_title(title, fontsize=9)
-    caption = explanation.caption_text if len(explanation.caption_text) <= 90 else explanation.caption_text[:89] + "…"
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    figure.suptitle(f"{Path(explanation.video_path).name}: \"{caption}\"  "
-                    f"(orange: in both top-{k} of video and caption)", fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path)
-    return Path(path)
-
-
 __all__ = [
     "BenchmarkReport",
     "EvalRow",
@@ -628,7 +600,7 @@ __all__ = [
     "file_sha256",
     "format_table",
     "model_identity",
-    "plot_anchor_explanation",
+    "new_figure",
     "plot_rank_histogram",
     "plot_recall_at_k",
     "read_report",

@@ -104,7 +104,10 @@ class CALMModel(nn.Module):
         """Load a checkpoint directory (``config.json`` + ``model.safetensors`` + tokenizer + anchors)."""
         from calmcap.checkpoint import load_pretrained
 
-        return load_pretrained(path, device=device)
+        def build(config: ModelConfig, labels: Sequence[str], tokenizer: CaptionTokenizer) -> CALMModel:
+            return cls(config, labels, tokenizer, clip_model=build_clip(config.clip, config.image_size, meta=True))
+
+        return load_pretrained(path, build, device=device)
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write a checkpoint directory that rebuilds this model exactly."""

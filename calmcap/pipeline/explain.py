@@ -44,6 +44,35 @@ class AnchorExplanation:
     caption: list[tuple[str, float]]
     overlap: list[str]
 
+    def plot(self, path: PathLike) -> Path:
+        """Bar charts of the top anchors: the video's ``V_p``, the VAE's ``S_p_hat``, the caption's ``S_p``."""
+        from calmcap.reports import new_figure
+
+        panels = [("video  $V_p$", self.video)]
+        if self.predicted is not None:
+            panels.append(("caption predicted by the VAE  $\\hat S_p$", self.predicted))
+        panels.append((f"{self.caption_source} caption  $S_p$", self.caption))
+        k = max(len(values) for _, values in panels)
+        figure = new_figure(4.2 * len(panels), 1.2 + 0.32 * k)
+        shared = set(self.overlap)
+        for i, (title, values) in enumerate(panels):
+            ax = figure.add_subplot(1, len(panels), i + 1)
+            labels = [label for label, _ in values][::-1]
+            probs = [100.0 * p for _, p in values][::-1]
+            colors = ["tab:orange" if label in shared else "tab:blue" for label in labels]
+            ax.barh(range(len(labels)), probs, color=colors)
+            ax.set_yticks(range(len(labels)))
+            ax.set_yticklabels([label if len(label) <= 32 else label[:31] + "…" for label in labels], fontsize=8)
+            ax.set_xlabel("probability (%)")
+            ax.set_title(title, fontsize=9)
+        caption = self.caption_text if len(self.caption_text) <= 90 else self.caption_text[:89] + "…"
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        figure.suptitle(f"{Path(self.video_path).name}: \"{caption}\"  "
+                        f"(orange: in both top-{k} of video and caption)", fontsize=9)
+        figure.tight_layout()
+        figure.savefig(path)
+        return Path(path)
+
     def to_json(self) -> dict[str, Any]:
         def pairs(values: list[tuple[str, float]] | None) -> list[dict[str, Any]] | None:
             return None if values is None else [{"label": label, "probability": p} for label, p in values]
@@ -88,7 +117,7 @@ def explain_video(
 
     Raises :class:`CalmcapError` for a baseline model without the anchor branch and
     :class:`VideoDecodeError` for a video that cannot be decoded. With ``out_png`` a bar chart
-    is written there (:func:`calmcap.reports.plot_anchor_explanation`).
+    is written there (:meth:`AnchorExplanation.plot`).
     """
     loaded = load_model(model, device)
     check_explainable(loaded.model, top_k, out_png)
@@ -143,7 +172,5 @@ def explain_clip(
     caption_labels = {label for label, _ in explanation.caption}
     explanation.overlap = [label for label, _ in explanation.video if label in caption_labels]
     if out_png is not None:
-        from calmcap.reports import plot_anchor_explanation
-
-        plot_anchor_explanation(explanation, out_png)
+        explanation.plot(out_png)
     return explanation
