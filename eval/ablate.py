@@ -261,7 +261,8 @@ def zero_shot_run(args: argparse.Namespace, out: Path, splits: dict[str, tuple[s
     from calmcap.zeroshot import zero_shot
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    config = get_model_config(base_config(args).model.name, base_config(args).model.overrides)
+    recipe = base_config(args)
+    config = get_model_config(recipe.model.name, recipe.model.overrides)
     clip, tokenize = build_clip(config.clip, config.image_size), clip_text_tokenizer(config.clip.arch)
     results = {}
     for label, (manifest, split) in splits.items():
