@@ -33,14 +33,15 @@ def sample_captions(
         kwargs["frame_features"] = batch["frame_features"]
     else:
         kwargs["video"] = batch["video"]
-    was_training = model.training
+    modes = [(module, module.training) for module in model.modules()]  # frozen parts may be in eval already
     model.eval()
     greedy = model.generate(**kwargs, num_beams=1, max_length=max_length)["sequences"]
     sampled = model.generate(
         **kwargs, num_beams=1, max_length=max_length, do_sample=True, top_p=top_p, temperature=temperature,
         num_return_sequences=num_samples,
     )["sequences"]
-    model.train(was_training)
+    for module, training in modes:
+        module.training = training
     return greedy, sampled
 
 

@@ -269,9 +269,7 @@ def build_tokenizer(cfg: TrainConfig, accelerator: Accelerator, out: Path) -> Ca
 def build_model(cfg: TrainConfig, tokenizer: CaptionTokenizer) -> CALMModel:
     """The starting model (``model.init_from``) or a new one of the architecture ``model.name``."""
     if cfg.model.init_from:
-        model = CALMModel.from_pretrained(cfg.model.init_from)
-        model.train()
-        return model
+        return CALMModel.from_pretrained(cfg.model.init_from)
     config = get_model_config(cfg.model.name, cfg.model.overrides)
     return CALMModel.create(config, tokenizer)
 
@@ -306,6 +304,24 @@ def freeze_parameters(model: CALMModel, cfg: TrainConfig) -> None:
     if cfg.scst.enabled:
         model.requires_grad_(False)
         model.decoder.requires_grad_(True)
+
+
+def train_mode(model: torch.nn.Module) -> None:
+    """Training mode for what trains; inference mode for every sub-module none of whose parameters train.
+
+    A frozen tower keeps its BatchNorm running statistics (a ResNet image tower's would otherwise
+    drift with each training batch while its weights stay) and runs without dropout, as it
+    will at inference. A module without parameters (a bare ``Dropout``) follows its parent.
+    """
+    model.train()
+    pending = [model]
+    while pending:
+        module = pending.pop()
+        params = list(module.parameters())
+        if params and not any(p.requires_grad for p in params):
+            module.eval()
+        else:
+            pending.extend(module.children())
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -560,7 +576,7 @@ def train(args: argparse.Namespace) -> int:
         from tqdm.auto import tqdm
 
         progress = tqdm(total=run.total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
-    model.train()
+    train_mode(model)
     window_start, window_clips = time.time(), 0  # clips per second since the last log line
     while state.step < run.total_steps:
         loader = run.train_loader
@@ -606,7 +622,7 @@ def train(args: argparse.Namespace) -> int:
                 progress.update(1)
             if cfg.eval.every_steps and state.step % cfg.eval.every_steps == 0 and state.step < run.total_steps:
                 evaluate_and_keep_best(run)
-                model.train()
+                train_mode(model)
             if stop.requested(accelerator):
                 path = save_checkpoint(run)
                 logger.warning("stopped by a signal at step %d; resume with --resume latest (state: %s)",

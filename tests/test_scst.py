@@ -44,9 +44,13 @@ def test_scst_loss_pushes_up_rewarded_samples():
 
 def test_rewards_and_sampling_shapes(make_model, tiny_batch, tokenizer):
     model = make_model()
+    model.train()
+    model.clip.eval()  # a frozen part in inference mode, as the recipe's train_mode leaves it
     greedy, sampled = sample_captions(model, tiny_batch, num_samples=3, max_length=6)
     assert greedy.shape[0] == 4 and sampled.shape[0] == 12
-    assert model.training  # restored
+    # Every module's mode restored: the decoder trains again, the frozen towers stay in inference mode.
+    assert model.training and model.decoder.training
+    assert not any(module.training for module in model.clip.modules())
     cider = CiderD([["a red circle moves to the left"], ["a blue square grows bigger"]])
     refs = [["a red circle moves to the left"]] * 4
     advantage, stats = rewards(cider, tokenizer, greedy, sampled, refs)

@@ -346,6 +346,29 @@ def _trainable(recipe, model, **settings) -> set[str]:
     return {name for name, param in model.named_parameters() if param.requires_grad}
 
 
+def test_train_mode_keeps_frozen_parts_in_inference_mode(recipe, make_model):
+    from calmcap.train_config import TrainConfig
+
+    model = make_model()
+    cfg = TrainConfig()
+    cfg.train.freeze_image_tower = True
+    recipe.freeze_parameters(model, cfg)
+    model.eval()
+    recipe.train_mode(model)
+    assert model.training and model.decoder.training and model.clip.training
+    assert not any(module.training for module in model.clip.visual.modules())
+    assert all(module.training for name, module in model.clip.named_modules() if not name.startswith("visual"))
+
+    # A frozen BatchNorm (a ResNet tower's) keeps its running statistics through training batches,
+    # and a parameterless Dropout follows the module it sits in.
+    net = torch.nn.Sequential(torch.nn.BatchNorm1d(3), torch.nn.Linear(3, 3), torch.nn.Dropout(0.5))
+    net[0].requires_grad_(False)
+    recipe.train_mode(net)
+    assert not net[0].training and net[1].training and net[2].training
+    net(torch.randn(8, 3) * 5 + 2)
+    assert torch.equal(net[0].running_mean, torch.zeros(3)) and torch.equal(net[0].running_var, torch.ones(3))
+
+
 def test_freezing_follows_the_run_settings(recipe, make_model):
     # The model itself keeps open_clip's unused temperature frozen: "everything" is the rest.
     everything = {name for name, param in make_model().named_parameters() if param.requires_grad}
