@@ -285,8 +285,14 @@ def last_training_row(run_dir: Path) -> dict[str, float]:
     return {k: row[k] for k in DIAGNOSTICS if k in row}
 
 
-def aggregate(results: list[dict], variants: list[str], labels: list[str]) -> dict:
-    """Mean, std over seeds; difference to the baseline, Welch's p and its Holm correction per split."""
+def aggregate(results: list[dict], variants: list[str], labels: list[str],
+              shared: dict[str, str] | None = None) -> dict:
+    """Mean, std over seeds; difference to the baseline, Welch's p and its Holm correction per split.
+
+    A variant in ``shared`` (name -> the variant whose runs it reuses) repeats that variant's
+    comparisons: it takes their corrected p-values and is not counted in the family twice.
+    """
+    shared = shared or {}
     table: dict = {}
     for variant in variants:
         runs = [r for r in results if r["variant"] == variant]
@@ -310,12 +316,18 @@ def aggregate(results: list[dict], variants: list[str], labels: list[str]) -> di
             b = base[key]
             cell["diff"] = cell["mean"] - b["mean"]
             cell["p"] = welch_p(cell, b)
-    for label in labels:  # one family per split: every variant x metric compared with the baseline
-        cells = [cell for row in table.values() for key, cell in row.items()
+    for label in labels:  # one family per split: every distinct variant x metric compared with the baseline
+        cells = [cell for variant, row in table.items() if variant not in shared for key, cell in row.items()
                  if key.startswith(f"{label}/") and "p" in cell]
         for cell, adjusted in zip(cells, holm([c["p"] for c in cells]), strict=True):
             cell["p_holm"] = adjusted
             cell["significant"] = bool(adjusted == adjusted and adjusted < 0.05)
+    for variant, source in shared.items():
+        if variant in table and source in table:
+            for key, cell in table[variant].items():
+                original = table[source].get(key)
+                if isinstance(cell, dict) and original:
+                    cell.update({k: original[k] for k in ("p_holm", "significant") if k in original})
     return table
 
 
@@ -385,7 +397,8 @@ def markdown(table: dict, splits: dict[str, tuple[str, str]], shared: dict[str, 
         for variant, row in rows:
             cells = [f"{row[f'training/{n}']['mean']:.3g} ± {row[f'training/{n}']['std']:.2g}" if f"training/{n}" in row
                      else "–" for n in DIAGNOSTICS]
-            lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+            name = f"{variant} (= {shared[variant]})" if variant in shared else variant
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("\nentropies in nats (uniform over K anchors: ln K); top share: fraction of a batch's captions "
                      "whose S_p peaks on the batch's most common anchor (near 1: S_p collapsed onto one anchor)")
     return "\n".join(lines) + "\n"
@@ -523,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
     by_run = results
     results = [{**r, "variant": name} for name, (run, _) in run_of.items() for r in by_run if r["variant"] == run]
-    table = aggregate(results, list(variants), list(splits))
+    table = aggregate(results, list(variants), list(splits), shared)
     run_seconds = sum(r.get("train_seconds", 0.0) for r in by_run)
     stem = "-".join(args.grid)
     table_json, table_md, plot_png = out / f"table-{stem}.json", out / f"table-{stem}.md", out / f"ood_gap-{stem}.png"

@@ -107,6 +107,10 @@ def test_holm_correction_over_each_splits_table():
     table = ablate.aggregate(runs, ["baseline", "a", "b", "c"], ["in-domain"])
     cell = table["a"]["in-domain/t2v/R@1"]
     assert cell["p"] < 0.05 and cell["p_holm"] > cell["p"] and not cell["significant"]
+    # A variant that reuses another's runs repeats its comparisons: it is not counted twice.
+    copies = [{**run, "variant": "a2"} for run in runs if run["variant"] == "a"]
+    table = ablate.aggregate(runs + copies, ["baseline", "a", "b", "c", "a2"], ["in-domain"], shared={"a2": "a"})
+    assert table["a2"]["in-domain/t2v/R@1"]["p_holm"] == table["a"]["in-domain/t2v/R@1"]["p_holm"] == cell["p_holm"]
     # Identical CIDEr in every variant: an undefined test, outside the family.
     assert table["a"]["in-domain/caption/CIDEr"]["p_holm"] != table["a"]["in-domain/caption/CIDEr"]["p_holm"]
 
