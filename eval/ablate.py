@@ -404,6 +404,52 @@ def markdown(table: dict, splits: dict[str, tuple[str, str]], shared: dict[str, 
     return "\n".join(lines) + "\n"
 
 
+SCORE_PLOT_METRICS = ["caption/CIDEr", "attr/all", "t2v/R@1", "v2t/R@1"]
+
+
+def plot_scores(results: list[dict], variants: list[str], labels: list[str], path: Path,
+                zero_shot: dict | None = None) -> None:
+    """Every seed's score as a dot and the mean as a bar, per variant and split (one panel per metric).
+
+    The zero-shot towers, where measured, are a dashed line per split in the retrieval panels.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in SCORE_PLOT_METRICS
+               if any(m in r["splits"].get(label, {}) for r in results for label in labels)]
+    if not metrics:
+        return
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    width = 0.8 / len(labels)
+    size = (max(8.0, 0.7 * len(variants) * len(labels)), 3.2 * len(metrics))
+    fig, axes = plt.subplots(len(metrics), 1, figsize=size, squeeze=False)
+    for ax, metric in zip(axes[:, 0], metrics, strict=True):
+        for i, label in enumerate(labels):
+            colour = colours[i % len(colours)]
+            for x, variant in enumerate(variants):
+                values = [r["splits"][label][metric] for r in results
+                          if r["variant"] == variant and metric in r["splits"].get(label, {})]
+                if not values:
+                    continue
+                centre = x + (i - (len(labels) - 1) / 2) * width
+                ax.bar(centre, statistics.fmean(values), width * 0.9, color=colour, alpha=0.35,
+                       label=label if x == 0 else None)
+                ax.scatter([centre] * len(values), values, color=colour, s=12, zorder=3)
+            reference = (zero_shot or {}).get("splits", {}).get(label, {}).get(metric)
+            if reference is not None:
+                ax.axhline(reference, color=colour, linestyle="--", linewidth=1)
+        ax.set_xticks(range(len(variants)), variants, rotation=20)
+        ax.set_ylabel(metric)
+    fig.suptitle("each seed (dots), their mean (bars); dashed: the zero-shot towers", x=0.01, ha="left")
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="upper right", ncol=len(labels), fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_gap(table: dict, labels: list[str], path: Path) -> None:
     """Each other split's score minus the first (in-domain) one's, per variant (one panel per metric)."""
     import matplotlib
@@ -549,9 +595,11 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(table, splits, shared, zero_shot)
     table_md.write_text(text)
     plot_gap(table, list(splits), plot_png)
+    scores_png = out / f"scores-{stem}.png"
+    plot_scores(results, list(variants), list(splits), scores_png, zero_shot)
     print(text)
     print(f"wall time {time.time() - started:.0f} s ({len(by_run)} runs took {run_seconds:.0f} s together, "
-          f"train + evaluate); table: {table_md}; plot: {plot_png}")
+          f"train + evaluate); table: {table_md}; plots: {plot_png}, {scores_png}")
     return 0
 
 

@@ -41,7 +41,7 @@ def test_ablation_runner_end_to_end_and_resume(synth_small, tmp_path):
     assert 0.0 <= zero_shot["splits"]["out-of-domain"]["t2v/R@1"] <= 100.0
     assert "caption/CIDEr" not in zero_shot["splits"]["in-domain"]
     assert text.count("zero-shot towers (reference)") == 2
-    assert (out / "ood_gap-main.png").stat().st_size > 0
+    assert (out / "ood_gap-main.png").stat().st_size > 0 and (out / "scores-main.png").stat().st_size > 0
 
     # A second invocation finds every run finished and trains nothing.
     logs = {p: p.stat().st_size for p in out.glob("*.log")}
