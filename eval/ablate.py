@@ -15,7 +15,8 @@ out-of-domain question is what fine-tuning keeps of them.
 
 Runs go ``--parallel`` at a time (each with its share of the cores), and the runner resumes:
 a run whose ``results.json`` holds every split is not repeated (one missing a split is only
-evaluated), and an interrupted run resumes from its last checkpoint. ``--dry-run`` prints the
+evaluated), and an interrupted run resumes from its last checkpoint. ``--table-only`` tabulates
+the runs finished so far (each row says its number of seeds) and trains nothing. ``--dry-run`` prints the
 plan (runs, their configs, the splits) and checks every config without touching data.
 
 The table (``table-<grids>.md`` and ``.json``, e.g. ``table-main.md``, so studies of other
@@ -289,8 +290,9 @@ def aggregate(results: list[dict], variants: list[str], labels: list[str],
               shared: dict[str, str] | None = None) -> dict:
     """Mean, std over seeds; difference to the baseline, Welch's p and its Holm correction per split.
 
-    A variant in ``shared`` (name -> the variant whose runs it reuses) repeats that variant's
-    comparisons: it takes their corrected p-values and is not counted in the family twice.
+    Variants that train the same runs (``shared``: name -> the run it reuses, e.g. K=all and
+    synth-world both -> calm-vae) make the same comparisons: the family counts them once, and
+    every one of them shows the corrected p-values of the first.
     """
     shared = shared or {}
     table: dict = {}
@@ -316,18 +318,22 @@ def aggregate(results: list[dict], variants: list[str], labels: list[str],
             b = base[key]
             cell["diff"] = cell["mean"] - b["mean"]
             cell["p"] = welch_p(cell, b)
+    first_of_run: dict[str, str] = {}  # run -> the first variant of the table that trains it
+    for variant in table:
+        first_of_run.setdefault(shared.get(variant, variant), variant)
+    counted = set(first_of_run.values())
     for label in labels:  # one family per split: every distinct variant x metric compared with the baseline
-        cells = [cell for variant, row in table.items() if variant not in shared for key, cell in row.items()
+        cells = [cell for variant, row in table.items() if variant in counted for key, cell in row.items()
                  if key.startswith(f"{label}/") and "p" in cell]
         for cell, adjusted in zip(cells, holm([c["p"] for c in cells]), strict=True):
             cell["p_holm"] = adjusted
             cell["significant"] = bool(adjusted == adjusted and adjusted < 0.05)
-    for variant, source in shared.items():
-        if variant in table and source in table:
-            for key, cell in table[variant].items():
-                original = table[source].get(key)
-                if isinstance(cell, dict) and original:
-                    cell.update({k: original[k] for k in ("p_holm", "significant") if k in original})
+    for variant, row in table.items():
+        original = table[first_of_run[shared.get(variant, variant)]]
+        if variant not in counted:
+            for key, cell in row.items():
+                if isinstance(cell, dict) and key in original:
+                    cell.update({k: original[key][k] for k in ("p_holm", "significant") if k in original[key]})
     return table
 
 
@@ -542,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--override", action="append", default=[], help="extra key=value for every run")
     parser.add_argument("--no-zero-shot", action="store_true", help="skip the zero-shot reference row")
     parser.add_argument("--dry-run", action="store_true", help="print the runs and check their configs; train nothing")
+    parser.add_argument("--table-only", action="store_true",
+                        help="tabulate the finished runs (the seeds so far); train and evaluate nothing")
     parser.add_argument("--evaluate-run", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--zero-shot-run", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--splits-json", help=argparse.SUPPRESS)
@@ -563,10 +571,23 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     shared = {name: run for name, (run, _) in run_of.items() if name != run}
+    if args.table_only:
+        unfinished = [(name, seed) for name, _, seed in jobs
+                      if not _has_every_split(out / run_name(name, seed) / "results.json", splits)]
+        if unfinished:
+            print("not finished, left out of the table: " + ", ".join(run_name(*job) for job in unfinished), flush=True)
+        jobs = [job for job in jobs if (job[0], job[2]) not in unfinished]
+        if not jobs:
+            raise SystemExit(f"ablate.py: no finished run in {out} to tabulate")
     print(f"{len(jobs)} runs ({len(variants)} variants x {len(args.seeds)} seeds"
           + (f"; {', '.join(f'{a} = {b}' for a, b in shared.items())}" if shared else "")
           + f"), {args.parallel} at a time -> {out}", flush=True)
-    zero_shot = None if args.no_zero_shot else evaluate_zero_shot(args, threads * max(1, args.parallel))
+    zero_shot = None
+    if args.table_only:
+        if _has_every_split(out / "zero-shot" / "results.json", splits):
+            zero_shot = json.loads((out / "zero-shot" / "results.json").read_text())
+    elif not args.no_zero_shot:
+        zero_shot = evaluate_zero_shot(args, threads * max(1, args.parallel))
     results = []
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         futures = {pool.submit(train_and_evaluate, args, name, overrides, seed, threads): (name, seed)

@@ -50,6 +50,15 @@ def test_ablation_runner_end_to_end_and_resume(synth_small, tmp_path):
     assert {p: p.stat().st_size for p in out.glob("*.log")} == logs
     assert json.loads((out / "table-main.json").read_text())["table"] == table
 
+    # --table-only tabulates the seeds finished so far, names the others, and trains nothing.
+    seeds = command.index("--seeds") + 1
+    partial = command[:seeds] + ["0", "1"] + command[seeds + 1:] + ["--table-only"]
+    third = subprocess.run(partial, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "left out of the table: baseline_seed1, calm-vae_seed1" in third.stdout
+    assert {p: p.stat().st_size for p in out.glob("*.log")} == logs and not (out / "baseline_seed1").exists()
+    assert json.loads((out / "table-main.json").read_text())["table"] == table
+
 
 def _ablate_module():
     import importlib.util
@@ -107,10 +116,15 @@ def test_holm_correction_over_each_splits_table():
     table = ablate.aggregate(runs, ["baseline", "a", "b", "c"], ["in-domain"])
     cell = table["a"]["in-domain/t2v/R@1"]
     assert cell["p"] < 0.05 and cell["p_holm"] > cell["p"] and not cell["significant"]
-    # A variant that reuses another's runs repeats its comparisons: it is not counted twice.
+    # A variant that reuses another's runs repeats its comparisons: it is not counted twice,
+    # also when the run it reuses is another grid's variant, absent from this table.
     copies = [{**run, "variant": "a2"} for run in runs if run["variant"] == "a"]
-    table = ablate.aggregate(runs + copies, ["baseline", "a", "b", "c", "a2"], ["in-domain"], shared={"a2": "a"})
-    assert table["a2"]["in-domain/t2v/R@1"]["p_holm"] == table["a"]["in-domain/t2v/R@1"]["p_holm"] == cell["p_holm"]
+    shared = ablate.aggregate(runs + copies, ["baseline", "a", "b", "c", "a2"], ["in-domain"], shared={"a2": "a"})
+    assert shared["a2"]["in-domain/t2v/R@1"]["p_holm"] == shared["a"]["in-domain/t2v/R@1"]["p_holm"] == cell["p_holm"]
+    renamed = [{**run, "variant": {"a": "x1"}.get(run["variant"], run["variant"])} for run in runs]
+    renamed += [{**run, "variant": "x2"} for run in renamed if run["variant"] == "x1"]
+    shared = ablate.aggregate(renamed, ["baseline", "x1", "x2", "b", "c"], ["in-domain"], shared={"x1": "a", "x2": "a"})
+    assert shared["x1"]["in-domain/t2v/R@1"]["p_holm"] == shared["x2"]["in-domain/t2v/R@1"]["p_holm"] == cell["p_holm"]
     # Identical CIDEr in every variant: an undefined test, outside the family.
     assert table["a"]["in-domain/caption/CIDEr"]["p_holm"] != table["a"]["in-domain/caption/CIDEr"]["p_holm"]
 
