@@ -30,6 +30,7 @@ plots out-of-domain minus in-domain score per variant.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -238,13 +239,18 @@ def evaluate_run(run_dir: Path, splits: dict[str, tuple[str, str]], max_videos: 
                                 "decode": dataclasses.asdict(decode)}, indent=2) + "\n")
 
 
-def evaluate_zero_shot(args: argparse.Namespace, threads: int) -> dict:
-    """The reference row: the preset's pretrained towers, untrained, ranking each split (mean-pooled frames)."""
+def evaluate_zero_shot(args: argparse.Namespace, threads: int, *, run: bool = True) -> dict | None:
+    """The reference row: the preset's pretrained towers, untrained, ranking each split (mean-pooled frames).
+
+    Measured once and read back afterwards; with ``run=False`` only read back (``None`` if not measured).
+    """
     out = Path(args.out) / "zero-shot"
     path = out / "results.json"
     splits = test_splits(args)
     if _has_every_split(path, splits):
         return json.loads(path.read_text())
+    if not run:
+        return None
     out.mkdir(parents=True, exist_ok=True)
     with (out.parent / "zero-shot.log").open("a") as handle:
         subprocess.run([sys.executable, __file__, "--zero-shot-run", str(out), "--splits-json", json.dumps(splits),
@@ -328,12 +334,9 @@ def aggregate(results: list[dict], variants: list[str], labels: list[str],
         for cell, adjusted in zip(cells, holm([c["p"] for c in cells]), strict=True):
             cell["p_holm"] = adjusted
             cell["significant"] = bool(adjusted == adjusted and adjusted < 0.05)
-    for variant, row in table.items():
-        original = table[first_of_run[shared.get(variant, variant)]]
+    for variant in table:
         if variant not in counted:
-            for key, cell in row.items():
-                if isinstance(cell, dict) and key in original:
-                    cell.update({k: original[key][k] for k in ("p_holm", "significant") if k in original[key]})
+            table[variant] = copy.deepcopy(table[first_of_run[shared.get(variant, variant)]])
     return table
 
 
@@ -421,17 +424,16 @@ def plot_scores(results: list[dict], variants: list[str], labels: list[str], pat
     """
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from calmcap.reports import new_figure
 
     metrics = [m for m in SCORE_PLOT_METRICS
                if any(m in r["splits"].get(label, {}) for r in results for label in labels)]
     if not metrics:
         return
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     width = 0.8 / len(labels)
-    size = (max(8.0, 0.7 * len(variants) * len(labels)), 3.2 * len(metrics))
-    fig, axes = plt.subplots(len(metrics), 1, figsize=size, squeeze=False)
+    fig = new_figure(max(8.0, 0.7 * len(variants) * len(labels)), 3.2 * len(metrics))
+    axes = fig.subplots(len(metrics), 1, squeeze=False)
     for ax, metric in zip(axes[:, 0], metrics, strict=True):
         for i, label in enumerate(labels):
             colour = colours[i % len(colours)]
@@ -453,19 +455,16 @@ def plot_scores(results: list[dict], variants: list[str], labels: list[str], pat
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="upper right", ncol=len(labels), fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def plot_gap(table: dict, labels: list[str], path: Path) -> None:
     """Each other split's score minus the first (in-domain) one's, per variant (one panel per metric)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from calmcap.reports import new_figure
 
     home, shifted = labels[0], labels[1:]
     metrics = [m for m in ("caption/CIDEr", "t2v/R@1") if any(f"{home}/{m}" in row for row in table.values())]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4), squeeze=False)
+    fig = new_figure(6 * len(metrics), 4)
+    axes = fig.subplots(1, len(metrics), squeeze=False)
     width = 0.8 / max(1, len(shifted))
     for ax, metric in zip(axes[0], metrics, strict=True):
         names = [v for v, row in table.items() if f"{home}/{metric}" in row]
@@ -482,7 +481,6 @@ def plot_gap(table: dict, labels: list[str], path: Path) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def plan(args: argparse.Namespace) -> tuple[dict, dict, list[tuple[str, list[str], int]]]:
@@ -582,12 +580,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(jobs)} runs ({len(variants)} variants x {len(args.seeds)} seeds"
           + (f"; {', '.join(f'{a} = {b}' for a, b in shared.items())}" if shared else "")
           + f"), {args.parallel} at a time -> {out}", flush=True)
-    zero_shot = None
-    if args.table_only:
-        if _has_every_split(out / "zero-shot" / "results.json", splits):
-            zero_shot = json.loads((out / "zero-shot" / "results.json").read_text())
-    elif not args.no_zero_shot:
-        zero_shot = evaluate_zero_shot(args, threads * max(1, args.parallel))
+    zero_shot = None if args.no_zero_shot else evaluate_zero_shot(args, threads * max(1, args.parallel),
+                                                                  run=not args.table_only)
     results = []
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         futures = {pool.submit(train_and_evaluate, args, name, overrides, seed, threads): (name, seed)
