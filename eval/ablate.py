@@ -171,6 +171,13 @@ def _env(threads: int) -> dict[str, str]:
     return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
 
 
+def _last_line(log: Path) -> str:
+    """The log's last non-empty line (a traceback's final line names the error)."""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()] \
+        if log.is_file() else []
+    return lines[-1][-300:] if lines else "no output"
+
+
 def _has_every_split(path: Path, splits: dict) -> bool:
     return path.is_file() and set(splits) <= set(json.loads(path.read_text()).get("splits", {}))
 
@@ -582,21 +589,31 @@ def main(argv: list[str] | None = None) -> int:
           + f"), {args.parallel} at a time -> {out}", flush=True)
     zero_shot = None if args.no_zero_shot else evaluate_zero_shot(args, threads * max(1, args.parallel),
                                                                   run=not args.table_only)
-    results = []
+    results, failed = [], []
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         futures = {pool.submit(train_and_evaluate, args, name, overrides, seed, threads): (name, seed)
                    for name, overrides, seed in jobs}
         for done, future in enumerate(futures, start=1):
             name, seed = futures[future]
-            result = future.result()
+            try:
+                result = future.result()
+            except subprocess.CalledProcessError as error:  # one run's failure costs that run, not the grid
+                log = out / f"{run_name(name, seed)}.log"
+                failed.append(run_name(name, seed))
+                print(f"[{done}/{len(jobs)}] {run_name(name, seed)} FAILED (exit {error.returncode}): "
+                      f"{_last_line(log)} (log: {log})", flush=True)
+                continue
             result.setdefault("variant", name)
             result.setdefault("seed", seed)
             result["diagnostics"] = last_training_row(out / run_name(name, seed))
             results.append(result)
             print(f"[{done}/{len(jobs)}] {run_name(name, seed)} done ({time.time() - started:.0f} s elapsed)",
                   flush=True)
+    if not results:
+        raise SystemExit(f"ablate.py: every run failed ({', '.join(failed)}); see their logs in {out}")
     by_run = results
     results = [{**r, "variant": name} for name, (run, _) in run_of.items() for r in by_run if r["variant"] == run]
+    variants = {name: v for name, v in variants.items() if any(r["variant"] == name for r in results)}
     table = aggregate(results, list(variants), list(splits), shared)
     run_seconds = sum(r.get("train_seconds", 0.0) for r in by_run)
     stem = "-".join(args.grid)
@@ -615,6 +632,10 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(f"wall time {time.time() - started:.0f} s ({len(by_run)} runs took {run_seconds:.0f} s together, "
           f"train + evaluate); table: {table_md}; plots: {plot_png}, {scores_png}")
+    if failed:
+        print(f"ablate.py: {len(failed)} of {len(jobs)} runs failed, left out of the table: {', '.join(failed)}; "
+              "fix the cause and run the same command again (finished runs are kept)", file=sys.stderr)
+        return 1
     return 0
 
 

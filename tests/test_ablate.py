@@ -59,6 +59,17 @@ def test_ablation_runner_end_to_end_and_resume(synth_small, tmp_path):
     assert {p: p.stat().st_size for p in out.glob("*.log")} == logs and not (out / "baseline_seed1").exists()
     assert json.loads((out / "table-main.json").read_text())["table"] == table
 
+    # A run that fails is named in one line with its error; the others are still tabulated; exit 1.
+    for name in ("baseline_seed1", "calm-vae_seed1"):
+        (out / name).write_text("a file where the run directory should be\n")
+    fourth = subprocess.run(command[:seeds] + ["0", "1"] + command[seeds + 1:], capture_output=True, text=True,
+                            timeout=300, cwd=REPO)
+    assert fourth.returncode == 1, fourth.stdout[-3000:] + fourth.stderr[-3000:]
+    failure = next(line for line in fourth.stdout.splitlines() if "baseline_seed1 FAILED" in line)
+    assert "(exit 1)" in failure and "Error" in failure and "baseline_seed1.log" in failure
+    assert "2 of 4 runs failed, left out of the table: baseline_seed1, calm-vae_seed1" in fourth.stderr
+    assert json.loads((out / "table-main.json").read_text())["table"] == table
+
 
 def _ablate_module():
     import importlib.util
