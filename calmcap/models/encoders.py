@@ -25,6 +25,11 @@ logger = logging.getLogger(__name__)
 _REGISTERED = False
 
 
+def _drop_random_init_warning(record: logging.LogRecord) -> bool:
+    """A root-logger filter: open_clip's random-init warning, for a build a checkpoint fills in."""
+    return "No pretrained weights loaded" not in record.getMessage()
+
+
 def _open_clip():
     """Import open_clip (slow: ~3-5 s) and register calmcap's architectures and tags once."""
     global _REGISTERED
@@ -118,9 +123,15 @@ def build_clip(config: ClipConfig, image_size: int, meta: bool = False) -> nn.Mo
         )
     if meta:
         # The context makes construction itself skip allocation and init; device="meta" keeps
-        # open_clip from moving the result to the CPU.
-        with torch.device("meta"):
-            return open_clip.create_model(config.arch, pretrained=None, device="meta")
+        # open_clip from moving the result to the CPU. The caller fills in weights, so open_clip's
+        # "No pretrained weights loaded ... initialized randomly" would be false here: it is dropped.
+        root = logging.getLogger()
+        root.addFilter(_drop_random_init_warning)
+        try:
+            with torch.device("meta"):
+                return open_clip.create_model(config.arch, pretrained=None, device="meta")
+        finally:
+            root.removeFilter(_drop_random_init_warning)
     pretrained = config.pretrained
     if pretrained is None:
         return open_clip.create_model(config.arch, pretrained=None)

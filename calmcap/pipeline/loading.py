@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Union
 
 from calmcap.config import DecodeOptions
 from calmcap.constants import CHECKPOINT_CONFIG_FILE, CHECKPOINT_WEIGHTS_FILE
@@ -106,24 +106,6 @@ def model_device(model: CALMModel) -> torch.device:
     return next(model.parameters()).device
 
 
-class _DropRandomInitWarning(logging.Filter):
-    """open_clip warns "No pretrained weights loaded ... initialized randomly" on the root logger
-    whenever a tower is built without a pretrained tag, including the meta-device build that a
-    checkpoint then fills in; for a checkpoint load that warning is false, so it is dropped."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "No pretrained weights loaded" not in record.getMessage()
-
-
-class _quiet_open_clip:
-    def __enter__(self) -> None:
-        self._filter = _DropRandomInitWarning()
-        logging.getLogger().addFilter(self._filter)
-
-    def __exit__(self, *exc: Any) -> None:
-        logging.getLogger().removeFilter(self._filter)
-
-
 _MODEL_CACHE: dict[tuple[str, str], tuple[tuple[int, int], LoadedModel]] = {}
 _MODEL_CACHE_SIZE = 2
 
@@ -191,8 +173,7 @@ def load_model(model: ModelLike = None, device: str = "cpu", stats: PipelineStat
     cached = _MODEL_CACHE.get(key)
     if cached is not None and cached[0] == signature:
         return cached[1]
-    with _quiet_open_clip():
-        network = CALMModel.from_pretrained(path, device=device)
+    network = CALMModel.from_pretrained(path, device=device)
     network.eval()
     loaded = LoadedModel(network, path, read_generation(path))
     if len(_MODEL_CACHE) >= _MODEL_CACHE_SIZE:

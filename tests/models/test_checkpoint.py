@@ -1,4 +1,5 @@
 import json
+import logging
 import pickle
 import re
 
@@ -44,6 +45,17 @@ def test_round_trip_gives_identical_outputs(saved, tiny_batch):
     assert loaded.decoder.gpt.lm_head.weight is loaded.decoder.gpt.transformer.wte.weight
     assert not any(t.is_meta for t in list(loaded.parameters()) + list(loaded.buffers()))
     assert torch.equal(loaded.clip.attn_mask, model.clip.attn_mask)
+
+
+def test_loading_does_not_warn_of_random_weights(saved, caplog):
+    # open_clip warns "No pretrained weights loaded ... initialized randomly" for any untagged
+    # build; a checkpoint load builds on the meta device and fills every tensor in, so it is false.
+    _, path = saved
+    with caplog.at_level(logging.WARNING):
+        CALMModel.from_pretrained(path)
+    assert not [r for r in caplog.records if "No pretrained weights loaded" in r.getMessage()]
+    logging.getLogger().warning("No pretrained weights loaded for model 'x'.")  # the filter is gone after
+    assert "No pretrained weights loaded" in caplog.records[-1].getMessage()
 
 
 def test_loading_never_unpickles(saved, monkeypatch):
