@@ -331,6 +331,7 @@ def aggregate(results: list[dict], variants: list[str], labels: list[str],
             b = base[key]
             cell["diff"] = cell["mean"] - b["mean"]
             cell["p"] = welch_p(cell, b)
+            cell["ci95"] = welch_interval(cell, b)
     first_of_run: dict[str, str] = {}  # run -> the first variant of the table that trains it
     for variant in table:
         first_of_run.setdefault(shared.get(variant, variant), variant)
@@ -370,6 +371,19 @@ def welch_p(a: dict, b: dict) -> float:
                                             equal_var=False).pvalue)
 
 
+def welch_interval(a: dict, b: dict, level: float = 0.95) -> list[float]:
+    """Welch's confidence interval for mean(a) - mean(b), per comparison (NaNs if undefined)."""
+    va, vb = a["std"] ** 2 / max(a["n"], 1), b["std"] ** 2 / max(b["n"], 1)
+    if a["n"] < 2 or b["n"] < 2 or va + vb == 0:
+        return [float("nan"), float("nan")]
+    from scipy import stats
+
+    dof = (va + vb) ** 2 / (va**2 / (a["n"] - 1) + vb**2 / (b["n"] - 1))
+    half = float(stats.t.ppf(0.5 + level / 2, dof)) * (va + vb) ** 0.5
+    diff = a["mean"] - b["mean"]
+    return [diff - half, diff + half]
+
+
 def summarise(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "n": len(values)}
@@ -403,7 +417,8 @@ def markdown(table: dict, splits: dict[str, tuple[str, str]], shared: dict[str, 
             cells = [f"{scores[m]:.1f}" if m in scores else "–" for m in metrics]
             lines.append(f"| *{ZERO_SHOT} (reference)* | – | " + " | ".join(cells) + " |")
     lines.append("\nmean ± std over seeds; (difference to the baseline, Welch's t-test p over seeds, Holm-corrected "
-                 "over the split's table; * = corrected p < 0.05, a difference beyond the seed noise). "
+                 "over the split's table; * = corrected p < 0.05, a difference beyond the seed noise; the .json "
+                 "gives each difference's uncorrected p and Welch 95 % interval, `ci95`). "
                  f"*{ZERO_SHOT}*: the pretrained towers before any training, mean-pooled frames (retrieval only)")
     rows = [(v, r) for v, r in table.items() if any(f"training/{n}" in r for n in DIAGNOSTICS)]
     if rows:

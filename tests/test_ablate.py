@@ -104,6 +104,10 @@ def test_significance_is_welchs_t_test_over_seeds():
     # t = 1 / sqrt(1/3 + 1/3) = 1.2247 with 4 degrees of freedom: two-sided p = 0.288.
     assert abs(ablate.welch_p(cell(1.0, 1.0, 3), cell(0.0, 1.0, 3)) - 0.2879) < 1e-3
     assert ablate.welch_p(cell(5.0, 0.1, 3), cell(0.0, 0.1, 3)) < 1e-4
+    # Its 95 % interval: 1 +- t(0.975, 4) * sqrt(2/3) = 1 +- 2.776 * 0.8165.
+    low, high = ablate.welch_interval(cell(1.0, 1.0, 3), cell(0.0, 1.0, 3))
+    assert abs(low + 1.2669) < 1e-3 and abs(high - 3.2669) < 1e-3
+    assert all(v != v for v in ablate.welch_interval(cell(1.0, 0.0, 1), cell(0.0, 1.0, 3)))  # one seed: undefined
     assert ablate.welch_p(cell(1.0, 1.0, 1), cell(0.0, 1.0, 3)) != ablate.welch_p(cell(1.0, 1.0, 1), cell(0.0, 1.0, 3))
     table = ablate.aggregate(
         [{"variant": v, "seed": s, "splits": {"in-domain": {"t2v/R@1": x}, "out-of-domain": {}}}
@@ -112,6 +116,7 @@ def test_significance_is_welchs_t_test_over_seeds():
     )
     result = table["calm-vae"]["in-domain/t2v/R@1"]
     assert abs(result["diff"] - 2.0) < 1e-9 and result["significant"] and result["p"] < 0.001
+    assert 1.6 < result["ci95"][0] < 2.0 < result["ci95"][1] < 2.4
 
 
 def test_holm_correction_over_each_splits_table():
