@@ -173,8 +173,8 @@ def _env(threads: int) -> dict[str, str]:
 
 def _last_line(log: Path) -> str:
     """The log's last non-empty line (a traceback's final line names the error)."""
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()] \
-        if log.is_file() else []
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1][-300:] if lines else "no output"
 
 
@@ -361,25 +361,34 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
+def _welch(a: dict, b: dict) -> tuple[float, float] | None:
+    """Standard error and Welch-Satterthwaite degrees of freedom of mean(a) - mean(b); None if undefined."""
+    if a["n"] < 2 or b["n"] < 2 or (a["std"] == 0 and b["std"] == 0):
+        return None
+    va, vb = a["std"] ** 2 / a["n"], b["std"] ** 2 / b["n"]
+    return (va + vb) ** 0.5, (va + vb) ** 2 / (va**2 / (a["n"] - 1) + vb**2 / (b["n"] - 1))
+
+
 def welch_p(a: dict, b: dict) -> float:
     """Two-sided p-value of Welch's t-test between two summarised samples (NaN if undefined)."""
-    if a["n"] < 2 or b["n"] < 2 or (a["std"] == 0 and b["std"] == 0):
+    welch = _welch(a, b)
+    if welch is None:
         return float("nan")
     from scipy import stats
 
-    return float(stats.ttest_ind_from_stats(a["mean"], a["std"], a["n"], b["mean"], b["std"], b["n"],
-                                            equal_var=False).pvalue)
+    se, dof = welch
+    return float(2 * stats.t.sf(abs(a["mean"] - b["mean"]) / se, dof))
 
 
 def welch_interval(a: dict, b: dict, level: float = 0.95) -> list[float]:
     """Welch's confidence interval for mean(a) - mean(b), per comparison (NaNs if undefined)."""
-    va, vb = a["std"] ** 2 / max(a["n"], 1), b["std"] ** 2 / max(b["n"], 1)
-    if a["n"] < 2 or b["n"] < 2 or va + vb == 0:
+    welch = _welch(a, b)
+    if welch is None:
         return [float("nan"), float("nan")]
     from scipy import stats
 
-    dof = (va + vb) ** 2 / (va**2 / (a["n"] - 1) + vb**2 / (b["n"] - 1))
-    half = float(stats.t.ppf(0.5 + level / 2, dof)) * (va + vb) ** 0.5
+    se, dof = welch
+    half = float(stats.t.ppf(0.5 + level / 2, dof)) * se
     diff = a["mean"] - b["mean"]
     return [diff - half, diff + half]
 
